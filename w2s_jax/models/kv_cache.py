@@ -1,0 +1,111 @@
+"""Per-layer KV cache pytree with a static length, and the attention mask.
+
+Legend: B batch, L new tokens, S cache slots, K kv heads, H head dim.
+
+Slots are written left to right from ``end_index`` (shared by all rows:
+ragged prompts are left-padded, so every row writes the same slot each step).
+``segment_ids_BS`` marks what a slot holds: 0 for empty or padding, otherwise
+the segment id of the token (1 for ordinary sequences, 1.. for packed ones).
+A query at slot q sees a key at slot s iff s <= q, the key slot is non-empty
+and both carry the same segment id.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from w2s_jax import sharding
+from w2s_jax.models import config as config_lib
+
+
+@struct.dataclass
+class LayerCache:
+  k_BSKH: jax.Array
+  v_BSKH: jax.Array
+
+
+@struct.dataclass
+class Cache:
+  layers: tuple[LayerCache, ...]
+  segment_ids_BS: jax.Array
+  end_index: jax.Array  # int32 scalar
+
+  @property
+  def max_len(self) -> int:
+    return self.segment_ids_BS.shape[1]
+
+
+def init_cache(
+    cfg: config_lib.TransformerConfig,
+    batch_size: int,
+    max_len: int | None = None,
+    dtype: str | None = None,
+) -> Cache:
+  """An empty cache for ``batch_size`` rows and ``max_len`` slots."""
+  max_len = cfg.max_len if max_len is None else int(max_len)
+  dt = config_lib.parse_dtype(dtype or cfg.dtype)
+  shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+
+  def zeros():
+    z = jnp.zeros(shape, dt)
+    return sharding.shard(z, "batch", "cache_length", "act_kv_heads", None)
+
+  layers = tuple(
+      LayerCache(k_BSKH=zeros(), v_BSKH=zeros()) for _ in range(cfg.num_layers)
+  )
+  return Cache(
+      layers=layers,
+      segment_ids_BS=jnp.zeros((batch_size, max_len), jnp.int32),
+      end_index=jnp.zeros((), jnp.int32),
+  )
+
+
+def write_segments(cache: Cache, segment_ids_BL: jax.Array) -> Cache:
+  """Records the segment ids of L new tokens at slots [end, end + L)."""
+  seg = jax.lax.dynamic_update_slice(
+      cache.segment_ids_BS,
+      segment_ids_BL.astype(jnp.int32),
+      (jnp.int32(0), cache.end_index),
+  )
+  return cache.replace(segment_ids_BS=seg)
+
+
+def update_layer(
+    layer: LayerCache,
+    k_BLKH: jax.Array,
+    v_BLKH: jax.Array,
+    end_index: jax.Array,
+) -> LayerCache:
+  """Writes new keys/values at slots [end_index, end_index + L)."""
+  zero = jnp.int32(0)
+  idx = (zero, end_index, zero, zero)
+  k = jax.lax.dynamic_update_slice(
+      layer.k_BSKH, k_BLKH.astype(layer.k_BSKH.dtype), idx
+  )
+  v = jax.lax.dynamic_update_slice(
+      layer.v_BSKH, v_BLKH.astype(layer.v_BSKH.dtype), idx
+  )
+  return LayerCache(k_BSKH=k, v_BSKH=v)
+
+
+def attention_mask(
+    q_segment_ids_BL: jax.Array,
+    k_segment_ids_BS: jax.Array,
+    q_offset: jax.Array | int = 0,
+) -> jax.Array:
+  """Causal, segment-aware mask ``[B, L, S]`` (True = may attend).
+
+  Args:
+    q_segment_ids_BL: segment ids of the queries (0 = padding).
+    k_segment_ids_BS: segment ids of the key slots (0 = empty/padding).
+    q_offset: slot of the first query (the cache's end_index before the
+      write; 0 without a cache).
+  """
+  q_slot_L = jnp.arange(q_segment_ids_BL.shape[1]) + q_offset
+  k_slot_S = jnp.arange(k_segment_ids_BS.shape[1])
+  causal_LS = k_slot_S[None, :] <= q_slot_L[:, None]
+  same_BLS = q_segment_ids_BL[:, :, None] == k_segment_ids_BS[:, None, :]
+  valid_BS = k_segment_ids_BS != 0
+  return causal_LS[None] & same_BLS & valid_BS[:, None, :]

@@ -1,0 +1,339 @@
+"""Decoder-only transformer (Qwen2/2.5, Qwen3, Llama-3.x) in Flax NNX.
+
+Legend: B batch, L length, S cache slots, D d_model, N query heads, K kv
+heads, G = N // K query heads per kv head, H head dim, F mlp width, V vocab.
+
+Numerics follow the Hugging Face reference implementations: RMSNorm in fp32
+and cast back before the scale, rotate-half RoPE computed in fp32 (with the
+Llama-3 frequency scaling), attention softmax in fp32, SwiGLU MLP. Every
+parameter carries logical axis names (``out_sharding`` metadata, not sharded
+eagerly: ``w2s_jax.sharding`` places them) and activations are pinned at block
+boundaries, so the same module runs on one CPU or a pod slice.
+
+Used functionally: ``graphdef, state = nnx.split(model)`` outside jit and
+``nnx.merge(graphdef, state)`` inside it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from w2s_jax import sharding
+from w2s_jax.models import config as config_lib
+from w2s_jax.models import kv_cache
+
+Config = config_lib.TransformerConfig
+_NEG_INF = float(jnp.finfo(jnp.float32).min) / 2
+
+
+def _param(rngs, init, shape, names, dtype):
+  value = init(rngs.params(), shape, dtype)
+  return nnx.Param(value, out_sharding=names, eager_sharding=False)
+
+
+_normal = jax.nn.initializers.normal(0.02)
+_zeros = jax.nn.initializers.zeros
+_ones = jax.nn.initializers.ones
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm in fp32; the result is cast back before the scale (as in HF)."""
+
+  def __init__(self, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
+    self.eps = eps
+    self.scale = _param(rngs, _ones, (dim,), ("norm",), param_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = (x32 * jax.lax.rsqrt(var + self.eps)).astype(x.dtype)
+    return self.scale.get_value().astype(x.dtype) * y
+
+
+def rope_inv_freq(cfg: Config) -> jax.Array:
+  """Inverse RoPE frequencies [H/2] in fp32, Llama-3 scaling applied."""
+  h = cfg.head_dim
+  exponent = jnp.arange(0, h, 2, dtype=jnp.float32) / h
+  inv_freq = 1.0 / (cfg.rope_theta**exponent)
+  s = cfg.rope_scaling
+  if s is None:
+    return inv_freq
+  low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+  high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+  wavelen = 2 * math.pi / inv_freq
+  scaled = jnp.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+  smooth = (
+      s.original_max_position_embeddings / wavelen - s.low_freq_factor
+  ) / (s.high_freq_factor - s.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(
+    x_BLNH: jax.Array, positions_BL: jax.Array, inv_freq: jax.Array
+) -> jax.Array:
+  """Rotate-half RoPE (HF convention: first and second halves pair up)."""
+  freqs_BLF = positions_BL.astype(jnp.float32)[..., None] * inv_freq
+  emb = jnp.concatenate([freqs_BLF, freqs_BLF], axis=-1)[:, :, None, :]
+  cos, sin = jnp.cos(emb).astype(x_BLNH.dtype), jnp.sin(emb).astype(
+      x_BLNH.dtype
+  )
+  x1, x2 = jnp.split(x_BLNH, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return x_BLNH * cos + rotated * sin
+
+
+class Attention(nnx.Module):
+  """Grouped-query attention with optional qkv bias, qk-norm and KV cache."""
+
+  def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    pd = config_lib.parse_dtype(cfg.param_dtype)
+    d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    self.q_DNH = _param(
+        rngs, _normal, (d, n, h), ("embed", "heads", "head_dim"), pd
+    )
+    self.k_DKH = _param(
+        rngs, _normal, (d, k, h), ("embed", "kv_heads", "head_dim"), pd
+    )
+    self.v_DKH = _param(
+        rngs, _normal, (d, k, h), ("embed", "kv_heads", "head_dim"), pd
+    )
+    self.o_NHD = _param(
+        rngs, _normal, (n, h, d), ("heads", "head_dim", "embed"), pd
+    )
+    if cfg.qkv_bias:
+      self.q_bias_NH = _param(rngs, _zeros, (n, h), ("heads", "head_dim"), pd)
+      self.k_bias_KH = _param(
+          rngs, _zeros, (k, h), ("kv_heads", "head_dim"), pd
+      )
+      self.v_bias_KH = _param(
+          rngs, _zeros, (k, h), ("kv_heads", "head_dim"), pd
+      )
+    if cfg.qk_norm:
+      self.q_norm = RMSNorm(h, cfg.norm_eps, param_dtype=pd, rngs=rngs)
+      self.k_norm = RMSNorm(h, cfg.norm_eps, param_dtype=pd, rngs=rngs)
+
+  def __call__(
+      self,
+      x_BLD: jax.Array,
+      positions_BL: jax.Array,
+      mask_BLS: jax.Array,
+      layer_cache: kv_cache.LayerCache | None,
+      end_index: jax.Array | None,
+  ) -> tuple[jax.Array, kv_cache.LayerCache | None]:
+    cfg = self.cfg
+    dt = x_BLD.dtype
+    w = lambda p: p.get_value().astype(dt)
+    q = jnp.einsum("BLD,DNH->BLNH", x_BLD, w(self.q_DNH))
+    k = jnp.einsum("BLD,DKH->BLKH", x_BLD, w(self.k_DKH))
+    v = jnp.einsum("BLD,DKH->BLKH", x_BLD, w(self.v_DKH))
+    if cfg.qkv_bias:
+      q, k, v = (
+          q + w(self.q_bias_NH),
+          k + w(self.k_bias_KH),
+          v + w(self.v_bias_KH),
+      )
+    if cfg.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    inv_freq = rope_inv_freq(cfg)
+    q = apply_rope(q, positions_BL, inv_freq)
+    k = apply_rope(k, positions_BL, inv_freq)
+    q = sharding.shard(q, "batch", "length", "act_heads", None)
+    k = sharding.shard(k, "batch", "length", "act_kv_heads", None)
+    v = sharding.shard(v, "batch", "length", "act_kv_heads", None)
+
+    if layer_cache is not None:
+      layer_cache = kv_cache.update_layer(layer_cache, k, v, end_index)
+      k, v = layer_cache.k_BSKH.astype(dt), layer_cache.v_BSKH.astype(dt)
+
+    b, l = x_BLD.shape[:2]
+    q = q.reshape(b, l, cfg.num_kv_heads, cfg.num_groups, cfg.head_dim)
+    scores = jnp.einsum(
+        "BLKGH,BSKH->BKGLS", q, k, preferred_element_type=jnp.float32
+    ) / jnp.sqrt(jnp.float32(cfg.head_dim))
+    scores = jnp.where(mask_BLS[:, None, None], scores, _NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.einsum("BKGLS,BSKH->BLKGH", probs, v)
+    out = out.reshape(b, l, cfg.num_heads, cfg.head_dim)
+    y = jnp.einsum("BLNH,NHD->BLD", out, w(self.o_NHD))
+    return y, layer_cache
+
+
+class Mlp(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
+    pd = config_lib.parse_dtype(cfg.param_dtype)
+    d, f = cfg.d_model, cfg.mlp_dim
+    self.gate_DF = _param(rngs, _normal, (d, f), ("embed", "mlp"), pd)
+    self.up_DF = _param(rngs, _normal, (d, f), ("embed", "mlp"), pd)
+    self.down_FD = _param(rngs, _normal, (f, d), ("mlp", "embed"), pd)
+
+  def __call__(self, x_BLD: jax.Array) -> jax.Array:
+    dt = x_BLD.dtype
+    gate = jnp.einsum("BLD,DF->BLF", x_BLD, self.gate_DF.get_value().astype(dt))
+    up = jnp.einsum("BLD,DF->BLF", x_BLD, self.up_DF.get_value().astype(dt))
+    h = sharding.shard(jax.nn.silu(gate) * up, "batch", "length", "act_mlp")
+    return jnp.einsum("BLF,FD->BLD", h, self.down_FD.get_value().astype(dt))
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(.))."""
+
+  def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
+    pd = config_lib.parse_dtype(cfg.param_dtype)
+    self.attn_norm = RMSNorm(
+        cfg.d_model, cfg.norm_eps, param_dtype=pd, rngs=rngs
+    )
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = RMSNorm(
+        cfg.d_model, cfg.norm_eps, param_dtype=pd, rngs=rngs
+    )
+    self.mlp = Mlp(cfg, rngs=rngs)
+
+  def __call__(self, x_BLD, positions_BL, mask_BLS, layer_cache, end_index):
+    y, layer_cache = self.attn(
+        self.attn_norm(x_BLD), positions_BL, mask_BLS, layer_cache, end_index
+    )
+    x_BLD = x_BLD + y
+    x_BLD = x_BLD + self.mlp(self.mlp_norm(x_BLD))
+    x_BLD = sharding.shard(x_BLD, "batch", "length", "act_embed")
+    return x_BLD, layer_cache
+
+
+def _block_apply(block, x, positions, mask, layer_cache, end_index):
+  return block(x, positions, mask, layer_cache, end_index)
+
+
+def default_positions(segment_ids_BL: jax.Array) -> jax.Array:
+  """Positions restarting at 0 at each segment start; 0 on padding."""
+  _, l = segment_ids_BL.shape
+  idx = jnp.arange(l, dtype=jnp.int32)
+  prev = jnp.pad(segment_ids_BL[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+  is_start = segment_ids_BL != prev
+  start = jax.lax.cummax(jnp.where(is_start, idx, 0), axis=1)
+  return jnp.where(segment_ids_BL != 0, idx - start, 0).astype(jnp.int32)
+
+
+class Transformer(nnx.Module):
+  """Token ids [B, L] -> logits [B, L, V] (or final hidden states)."""
+
+  def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    pd = config_lib.parse_dtype(cfg.param_dtype)
+    self.embed_VD = _param(
+        rngs, _normal, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), pd
+    )
+    self.blocks = nnx.List(
+        [Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)]
+    )
+    self.final_norm = RMSNorm(
+        cfg.d_model, cfg.norm_eps, param_dtype=pd, rngs=rngs
+    )
+    if not cfg.tie_embeddings:
+      self.lm_head_DV = _param(
+          rngs, _normal, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pd
+      )
+
+  def hidden(
+      self,
+      tokens_BL: jax.Array,
+      positions_BL: jax.Array | None = None,
+      segment_ids_BL: jax.Array | None = None,
+      cache: kv_cache.Cache | None = None,
+  ) -> tuple[jax.Array, kv_cache.Cache | None]:
+    """Final-norm hidden states [B, L, D] and the updated cache.
+
+    Args:
+      tokens_BL: int token ids.
+      positions_BL: RoPE positions; default restarts at each segment (and
+        continues from the cache's filled slots when decoding).
+      segment_ids_BL: 0 marks padding (left padding for prompts), equal
+        non-zero ids mark one sequence (several for packed rows). Default: 1.
+      cache: a KV cache; the L tokens are written at its ``end_index``.
+    """
+    cfg = self.cfg
+    dt = config_lib.parse_dtype(cfg.dtype)
+    if segment_ids_BL is None:
+      segment_ids_BL = jnp.ones(tokens_BL.shape, jnp.int32)
+    segment_ids_BL = segment_ids_BL.astype(jnp.int32)
+    if positions_BL is None:
+      positions_BL = default_positions(segment_ids_BL)
+      if cache is not None:
+        filled_B = jnp.sum(cache.segment_ids_BS != 0, axis=1, dtype=jnp.int32)
+        run_BL = jnp.cumsum(segment_ids_BL != 0, axis=1, dtype=jnp.int32) - 1
+        positions_BL = jnp.maximum(filled_B[:, None] + run_BL, 0)
+
+    if cache is None:
+      mask_BLS = kv_cache.attention_mask(segment_ids_BL, segment_ids_BL)
+      end_index = None
+    else:
+      end_index = cache.end_index
+      cache = kv_cache.write_segments(cache, segment_ids_BL)
+      mask_BLS = kv_cache.attention_mask(
+          segment_ids_BL, cache.segment_ids_BS, end_index
+      )
+
+    x = jnp.take(self.embed_VD.get_value(), tokens_BL, axis=0).astype(dt)
+    x = sharding.shard(x, "batch", "length", "act_embed")
+
+    block_fn = _block_apply
+    if cfg.remat != "none":
+      policy = (
+          jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+          if cfg.remat == "dots"
+          else None
+      )
+      block_fn = nnx.remat(_block_apply, policy=policy)
+    new_layers = []
+    for i, block in enumerate(self.blocks):
+      layer_cache = None if cache is None else cache.layers[i]
+      x, layer_cache = block_fn(
+          block, x, positions_BL, mask_BLS, layer_cache, end_index
+      )
+      new_layers.append(layer_cache)
+    x = self.final_norm(x)
+    if cache is not None:
+      cache = cache.replace(
+          layers=tuple(new_layers), end_index=end_index + tokens_BL.shape[1]
+      )
+    return x, cache
+
+  def unembedding_DV(self) -> jax.Array:
+    """The [D, V] output projection (the embedding transposed when tied)."""
+    if self.cfg.tie_embeddings:
+      return self.embed_VD.get_value().T
+    return self.lm_head_DV.get_value()
+
+  def logits(self, hidden_BLD: jax.Array) -> jax.Array:
+    w = self.unembedding_DV().astype(hidden_BLD.dtype)
+    logits = jnp.einsum("BLD,DV->BLV", hidden_BLD, w)
+    return sharding.shard(logits, "batch", "length", "act_vocab")
+
+  def __call__(
+      self,
+      tokens_BL: jax.Array,
+      positions_BL: jax.Array | None = None,
+      segment_ids_BL: jax.Array | None = None,
+      cache: kv_cache.Cache | None = None,
+  ):
+    """Logits [B, L, V]; with a cache, ``(logits, new_cache)``."""
+    h, new_cache = self.hidden(tokens_BL, positions_BL, segment_ids_BL, cache)
+    logits = self.logits(h)
+    return logits if cache is None else (logits, new_cache)
+
+
+def init_model(cfg: Config, seed: int = 0) -> Transformer:
+  """A randomly initialised model (eager, on the default device)."""
+  return Transformer(cfg, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(cfg: Config) -> Transformer:
+  """The model with ShapeDtypeStruct leaves: no memory allocated."""
+  return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
