@@ -1,0 +1,544 @@
+"""grain input pipeline: token examples -> fixed-shape host batches.
+
+Examples are dicts with ``prompt_ids`` and ``completion_ids`` (1-D int token
+ids; the completion ends with EOS / end-of-turn). Batches are dicts of numpy
+int32 arrays:
+
+* ``tokens`` [B, L]: ids, ``pad_id`` on padding.
+* ``positions`` [B, L]: position in the example, restarting at every packed
+  segment; 0 on padding.
+* ``segment_ids`` [B, L]: 0 on padding, 1.. the example's slot in the row.
+* ``completion_mask`` [B, L]: 1 on completion tokens incl. EOS, i.e. loss
+  targets (METHODS §0: ``mask = completion_mask[:, 1:]``). An example's first
+  token is never a target (nothing in its segment predicts it), so packed
+  loss never crosses a boundary.
+* ``index`` [B] (unpacked modes): input index of the row's example, -1 on
+  padding rows, to map generations back to problems.
+
+Modes: "right" (one example per row), "left" (padding first: generation
+prompts, with ``prompt_only``) and "packed" (grain's deterministic greedy
+first-fit packing). Over-long examples are dropped, truncated (completion
+cut) or rejected, and counted in :class:`PipelineStats`.
+
+Order: kept examples are shuffled per epoch with ``seed``, repeated, then
+split across processes. Unpacked modes form a *global* batch of
+``batch_size * shard_count`` rows and give each process a contiguous block,
+so every process yields the same number of equally shaped batches (finite
+streams padded with empty rows, or cut by ``drop_remainder``; length buckets
+chosen per global batch). Iterator ``get_state()`` / ``set_state()`` are
+JSON-serialisable and resume exactly. :func:`to_global_array` makes global
+``jax.Array``s with the batch on the mesh's data axes.
+
+Shape legend: B batch rows per process, L row length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any, Literal, Mapping, Sequence
+
+import grain
+import jax
+import numpy as np
+from absl import logging
+
+Mode = Literal["right", "left", "packed"]
+Truncation = Literal["drop", "truncate", "raise"]
+Batch = dict[str, np.ndarray]
+
+_PAD_INDEX = -1
+_POSITIVE_FIELDS = (
+    "batch_size max_length num_epochs bucket_window packing_bins"
+    " max_segments_per_row vocab_size"
+).split()
+# Our batch keys -> grain's packer outputs.
+_PACKED_KEYS = {
+    "tokens": "tokens",
+    "positions": "tokens_positions",
+    "segment_ids": "tokens_segment_ids",
+    "completion_mask": "completion_mask",
+}
+# Per-global-batch caches are bounded; grain reads batches nearly in order.
+_CACHE_SIZE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """How examples become batches.
+
+  Attributes:
+    batch_size: Rows per batch on this process (B).
+    max_length: Row length L (the largest of ``length_buckets``).
+    mode: "right", "left" or "packed" (module docstring).
+    prompt_only: Use only ``prompt_ids``; ``completion_ids`` may be absent.
+    truncation: Over-long examples: "drop", "truncate" the completion
+      (dropped if the prompt alone fills the row) or "raise".
+    pad_id: Token id on padding.
+    vocab_size: If set, every id must be in [0, vocab_size).
+    shuffle: Shuffle, differently each epoch; the order depends on ``seed``
+      only.
+    seed: Shuffle seed.
+    num_epochs: Passes over the data; None repeats forever.
+    drop_remainder: Drop a final partial global batch instead of padding it
+      with empty rows (segment 0, index -1).
+    length_buckets: Unpacked modes: pad each batch to the smallest bucket
+      holding its longest row, after sorting by length within windows of
+      ``bucket_window`` global batches. None: L = ``max_length`` always.
+    bucket_window: Global batches per sorting window.
+    packing_bins: Packed mode: rows filled at once (default ``batch_size``);
+      more bins, less padding.
+    max_segments_per_row: Packed mode: cap on examples per row.
+    num_threads: grain read threads (0 suits in-memory examples).
+    prefetch_buffer_size: grain read-ahead, in elements.
+  """
+
+  batch_size: int
+  max_length: int
+  mode: Mode = "right"
+  prompt_only: bool = False
+  truncation: Truncation = "truncate"
+  pad_id: int = 0
+  vocab_size: int | None = None
+  shuffle: bool = True
+  seed: int = 0
+  num_epochs: int | None = 1
+  drop_remainder: bool = True
+  length_buckets: tuple[int, ...] | None = None
+  bucket_window: int = 8
+  packing_bins: int | None = None
+  max_segments_per_row: int | None = None
+  num_threads: int = 0
+  prefetch_buffer_size: int = 64
+
+  def __post_init__(self):
+    for name in _POSITIVE_FIELDS:
+      value = getattr(self, name)
+      if value is not None and (not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    for name, allowed in (
+        ("mode", ("right", "left", "packed")),
+        ("truncation", ("drop", "truncate", "raise")),
+    ):
+      if getattr(self, name) not in allowed:
+        raise ValueError(
+            f"{name} must be one of {allowed}, got {getattr(self, name)!r}."
+        )
+    buckets = self.length_buckets
+    if buckets is not None:  # Config files often hand over lists.
+      buckets = tuple(buckets)
+      object.__setattr__(self, "length_buckets", buckets)
+    if buckets is not None and self.mode == "packed":
+      raise ValueError(
+          "length_buckets apply to 'right'/'left' modes; packed rows are"
+          " always max_length long."
+      )
+    if buckets is not None and (
+        list(buckets) != sorted(set(buckets))
+        or buckets[-1:] != (self.max_length,)
+        or buckets[0] < 1
+    ):
+      raise ValueError(
+          "length_buckets must be a tuple of strictly increasing positive ints"
+          f" ending at max_length={self.max_length}, got {buckets!r}."
+      )
+    if self.mode == "packed" and self.prompt_only:
+      raise ValueError(
+          "prompt_only is for generation prompts; use mode='left' (packing"
+          " prompts for generation is not supported)."
+      )
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineStats:
+  """What the length policy did, over all input examples (all processes).
+
+  Attributes:
+    num_examples: Examples in the input.
+    num_kept: Examples that enter the pipeline (including truncated ones).
+    num_truncated: Kept examples whose completion was cut.
+    num_dropped: Examples left out for length.
+    num_batches: Batches this process yields, when finite and known (None for
+      infinite streams and packed mode).
+  """
+
+  num_examples: int
+  num_kept: int
+  num_truncated: int
+  num_dropped: int
+  num_batches: int | None
+
+
+def _ids(example: Any, key: str, i: int, config: PipelineConfig) -> np.ndarray:
+  if not isinstance(example, Mapping) or key not in example:
+    found = sorted(example) if isinstance(example, Mapping) else example
+    raise ValueError(
+        f"example {i} has no '{key}' (got {found!r:.60}); examples are dicts"
+        " of token id lists 'prompt_ids' and 'completion_ids'."
+    )
+  arr = np.asarray(example[key])
+  if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+    raise ValueError(
+        f"example {i}: '{key}' must be a 1-D sequence of int token ids, got"
+        f" dtype {arr.dtype} and shape {arr.shape}."
+    )
+  vocab = config.vocab_size or np.iinfo(np.int32).max
+  if arr.size and (arr.min() < 0 or arr.max() >= vocab):
+    raise ValueError(
+        f"example {i}: '{key}' has ids outside [0, {vocab}) (min"
+        f" {arr.min()}, max {arr.max()})."
+    )
+  return arr
+
+
+def plan_lengths(
+    examples: Sequence[Mapping[str, Any]], config: PipelineConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, PipelineStats]:
+  """Validates every example and applies the length policy.
+
+  Args:
+    examples: Random-access examples (a list, or any grain data source).
+    config: Pipeline settings.
+
+  Returns:
+    ``(kept, prompt_len, completion_len, stats)``: kept indices in input
+    order; per-example lengths after truncation (0 when dropped).
+
+  Raises:
+    ValueError: On a malformed example, or an over-long one with
+      ``truncation="raise"``, naming its index.
+  """
+  n = len(examples)
+  prompt_len = np.zeros(n, np.int64)
+  completion_len = np.zeros(n, np.int64)
+  kept, num_truncated, num_dropped = [], 0, 0
+  limit = config.max_length
+  for i in range(n):
+    ex = examples[i]
+    p = len(_ids(ex, "prompt_ids", i, config))
+    c = 0 if config.prompt_only else len(_ids(ex, "completion_ids", i, config))
+    if (p if config.prompt_only else c) == 0:
+      raise ValueError(
+          f"example {i}: '{'prompt' if config.prompt_only else 'completion'}"
+          "_ids' is empty; it needs at least one token (a completion ends"
+          " with EOS)."
+      )
+    if p + c > limit:
+      if config.truncation == "raise":
+        raise ValueError(
+            f"example {i}: {p} prompt + {c} completion tokens exceed"
+            f" max_length={limit}; raise max_length or set truncation to"
+            " 'drop' or 'truncate'."
+        )
+      if (
+          config.truncation == "truncate"
+          and not config.prompt_only
+          and p < limit
+      ):
+        c = limit - p
+        num_truncated += 1
+      else:
+        num_dropped += 1
+        continue
+    kept.append(i)
+    prompt_len[i], completion_len[i] = p, c
+  stats = PipelineStats(n, len(kept), num_truncated, num_dropped, None)
+  if num_truncated or num_dropped:
+    logging.warning("pipeline: over max_length=%d: %s", limit, stats)
+  return np.asarray(kept, np.int64), prompt_len, completion_len, stats
+
+
+def _example_tokens(
+    example: Mapping[str, Any], p: int, c: int, config: PipelineConfig
+) -> tuple[np.ndarray, np.ndarray]:
+  """Concatenated ids and completion mask of one (possibly cut) example."""
+  prompt = np.asarray(example["prompt_ids"], np.int32)[:p]
+  if config.prompt_only:
+    return prompt, np.zeros(p, np.int32)
+  completion = np.asarray(example["completion_ids"], np.int32)[:c]
+  mask = np.concatenate([np.zeros(p, np.int32), np.ones(c, np.int32)])
+  mask[0] = 0  # Nothing in the segment predicts its first token.
+  return np.concatenate([prompt, completion]), mask
+
+
+def _pad_row(
+    tokens: np.ndarray, mask: np.ndarray, length: int, config: PipelineConfig
+) -> Batch:
+  n = len(tokens)
+  row = {
+      "tokens": np.full(length, config.pad_id, np.int32),
+      "positions": np.zeros(length, np.int32),
+      "segment_ids": np.zeros(length, np.int32),
+      "completion_mask": np.zeros(length, np.int32),
+  }
+  sl = slice(length - n, length) if config.mode == "left" else slice(0, n)
+  row["tokens"][sl] = tokens
+  row["positions"][sl] = np.arange(n, dtype=np.int32)
+  row["segment_ids"][sl] = 1
+  row["completion_mask"][sl] = mask
+  return row
+
+
+class _SortedWindows(grain.MapDataset):
+  """Sorts each window of ``window`` elements by length (stable).
+
+  Elements are example indices; padding (-1) sorts last. Used for length
+  bucketing: similar lengths land in the same batch.
+  """
+
+  def __init__(self, parent: grain.MapDataset, lengths, window: int):
+    super().__init__(parent)
+    self._lengths = lengths
+    self._window = window
+    self._cache: dict[int, np.ndarray] = {}
+
+  def __len__(self) -> int:
+    return len(self._parent)
+
+  def _order(self, w: int) -> np.ndarray:
+    if w not in self._cache:
+      start = w * self._window
+      stop = min(start + self._window, len(self._parent))
+      items = np.array([self._parent[t] for t in range(start, stop)])
+      keys = np.where(items < 0, np.iinfo(np.int64).max, self._lengths[items])
+      if len(self._cache) > _CACHE_SIZE:
+        self._cache.clear()
+      self._cache[w] = items[np.argsort(keys, kind="stable")]
+    return self._cache[w]
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    w, r = divmod(index, self._window)
+    return int(self._order(w)[r])
+
+
+class _HostRows(grain.MapDataset):
+  """This process's rows of each global batch, with the batch's row length.
+
+  The parent is the global stream of example indices (a multiple of the
+  global batch when finite). Element j is ``(example index, L)`` for row
+  ``j % B`` of this process's block in global batch ``j // B``; L is the same
+  on every process because it is computed from the whole global batch.
+  """
+
+  def __init__(self, parent, config, shard, lengths):
+    super().__init__(parent)
+    self._b = config.batch_size
+    self._shard = shard
+    self._global = config.batch_size * shard.shard_count
+    self._lengths = lengths
+    self._buckets = config.length_buckets
+    self._max_length = config.max_length
+    self._cache: dict[int, int] = {}
+
+  def __len__(self) -> int:
+    n = len(self._parent)
+    return n if n == sys.maxsize else n // self._shard.shard_count
+
+  def _row_length(self, b: int) -> int:
+    if self._buckets is None:
+      return self._max_length
+    if b not in self._cache:
+      start = b * self._global
+      items = [self._parent[start + t] for t in range(self._global)]
+      longest = max((self._lengths[i] for i in items if i >= 0), default=1)
+      if len(self._cache) > _CACHE_SIZE:
+        self._cache.clear()
+      self._cache[b] = next(x for x in self._buckets if x >= longest)
+    return self._cache[b]
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    b, r = divmod(index, self._b)
+    g = b * self._global + self._shard.shard_index * self._b + r
+    return int(self._parent[g]), self._row_length(b)
+
+
+def _stack(rows: Sequence[Batch]) -> Batch:
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def make_dataset(
+    examples: Sequence[Mapping[str, Any]],
+    config: PipelineConfig,
+    *,
+    shard: grain.sharding.ShardOptions | None = None,
+) -> tuple[grain.IterDataset, PipelineStats]:
+  """Builds the batched grain dataset for this process.
+
+  Args:
+    examples: Random-access examples (list or grain data source) with
+      ``prompt_ids`` and ``completion_ids``; read once up front to validate
+      and measure them, then lazily.
+    config: Pipeline settings.
+    shard: Which share this process reads; defaults to
+      ``grain.sharding.ShardByJaxProcess()`` (``jax.process_index()`` of
+      ``jax.process_count()``).
+
+  Returns:
+    ``(dataset, stats)``. ``iter(dataset)`` is a grain iterator whose
+    ``get_state()`` / ``set_state()`` checkpoint the position exactly.
+
+  Raises:
+    ValueError: On malformed examples, or when nothing fits into a batch.
+  """
+  shard = shard or grain.sharding.ShardByJaxProcess()
+  kept, prompt_len, completion_len, stats = plan_lengths(examples, config)
+  if len(kept) == 0:
+    raise ValueError(
+        f"no example fits max_length={config.max_length} (all"
+        f" {stats.num_examples} were dropped); raise max_length."
+    )
+  order = grain.MapDataset.source(kept)
+  if config.shuffle:
+    order = order.shuffle(config.seed)
+  if config.num_epochs != 1:
+    order = order.repeat(config.num_epochs)
+  read_options = grain.ReadOptions(
+      num_threads=config.num_threads,
+      prefetch_buffer_size=config.prefetch_buffer_size,
+  )
+
+  def as_example(i):
+    p, c = prompt_len[i], completion_len[i]
+    return _example_tokens(examples[i], p, c, config)
+
+  if config.mode == "packed":
+    return _packed(order, as_example, config, shard, read_options), stats
+
+  global_batch = config.batch_size * shard.shard_count
+  num_batches = None
+  if config.num_epochs is not None:
+    total = len(order)
+    if config.drop_remainder:
+      num_batches = total // global_batch
+      if num_batches == 0:
+        raise ValueError(
+            f"{total} examples make no full global batch of {global_batch}"
+            f" rows ({config.batch_size} x {shard.shard_count} processes);"
+            " set drop_remainder=False or lower batch_size."
+        )
+      order = order[: num_batches * global_batch]
+    else:
+      num_batches = -(-total // global_batch)
+      padding = num_batches * global_batch - total
+      if padding:
+        pads = grain.MapDataset.source([_PAD_INDEX] * padding)
+        order = grain.MapDataset.concatenate([order, pads])
+  length = prompt_len + completion_len
+  if config.length_buckets is not None:
+    order = _SortedWindows(order, length, config.bucket_window * global_batch)
+  rows = _HostRows(order, config, shard, length)
+
+  def to_row(item):
+    i, row_length = item
+    empty = (np.zeros(0, np.int32),) * 2
+    row = _pad_row(*(empty if i < 0 else as_example(i)), row_length, config)
+    row["index"] = np.int32(i)
+    return row
+
+  ds = rows.map(to_row).to_iter_dataset(read_options)
+  ds = ds.batch(config.batch_size, drop_remainder=False, batch_fn=_stack)
+  stats = dataclasses.replace(stats, num_batches=num_batches)
+  return ds, stats
+
+
+def _packed(order, as_example, config, shard, read_options):
+  """Packed rows: this process's stride of the stream, first-fit packed."""
+  if config.num_epochs is not None and shard.shard_count > 1:
+    # Each process packs its own stream, so row counts can differ.
+    logging.warning(
+        "packed + finite epochs on several processes: batch counts"
+        " may differ per process; prefer num_epochs=None."
+    )
+  local = order[shard.shard_index :: shard.shard_count]
+
+  def element(i):
+    tokens, mask = as_example(i)
+    return {"tokens": tokens, "completion_mask": mask}
+
+  L = config.max_length
+  ds = grain.experimental.FirstFitPackIterDataset(
+      local.map(element).to_iter_dataset(read_options),
+      length_struct={"tokens": L, "completion_mask": L},
+      num_packing_bins=config.packing_bins or config.batch_size,
+      shuffle_bins=False,
+      padding_struct={"tokens": config.pad_id, "completion_mask": 0},
+      max_sequences_per_bin=config.max_segments_per_row,
+  )
+
+  def rename(packed):
+    return {k: packed[v].astype(np.int32) for k, v in _PACKED_KEYS.items()}
+
+  def batch_fn(rows):  # Pads a final short batch with empty rows.
+    empty = _pad_row(np.zeros(0, np.int32), np.zeros(0, np.int32), L, config)
+    return _stack([*rows] + [empty] * (config.batch_size - len(rows)))
+
+  return ds.map(rename).batch(
+      config.batch_size, drop_remainder=config.drop_remainder, batch_fn=batch_fn
+  )
+
+
+def to_global_array(
+    host_batch: Any,
+    mesh: jax.sharding.Mesh,
+    spec: jax.sharding.PartitionSpec,
+) -> Any:
+  """Assembles per-process batches into global, batch-sharded jax.Arrays.
+
+  Each process passes the rows of the batch shards its devices hold; the
+  batch dim is split over the mesh axes in ``spec[0]``
+  (``jax.make_array_from_process_local_data``).
+
+  Args:
+    host_batch: Pytree of numpy arrays with the local batch leading.
+    mesh: Device mesh.
+    spec: Spec of the leading dims, e.g. ``P(('data', 'fsdp'))``; entries
+      past a leaf's rank are ignored, so one spec serves [B] and [B, L].
+
+  Returns:
+    The same pytree of ``jax.Array``s.
+
+  Raises:
+    ValueError: If ``spec`` names an axis not in the mesh, or the local batch
+      does not split evenly over this process's data shards.
+  """
+  if len(spec) == 0:
+    raise ValueError(
+        "spec must shard the batch (leading) dimension, e.g. P('data'); got"
+        " an empty PartitionSpec."
+    )
+  lead = spec[0]
+  axes = () if lead is None else (lead,) if isinstance(lead, str) else lead
+  unknown = [a for a in axes if a not in mesh.axis_names]
+  if unknown:
+    raise ValueError(
+        f"spec {spec} names axes {unknown} that the mesh does not have (mesh"
+        f" axes {mesh.axis_names})."
+    )
+  # Distinct batch slices held by this process's devices.
+  dims = [mesh.axis_names.index(a) for a in axes]
+  shards = len({
+      tuple(pos[d] for d in dims)
+      for pos, device in np.ndenumerate(mesh.devices)
+      if device.process_index == jax.process_index()
+  })
+
+  def convert(path, x):
+    x = np.asarray(x)
+    name = jax.tree_util.keystr(path)
+    if x.ndim == 0:
+      raise ValueError(f"batch leaf {name} is a scalar; it needs a batch dim.")
+    if x.shape[0] % shards:
+      raise ValueError(
+          f"batch leaf {name} has {x.shape[0]} rows on this process, not"
+          f" divisible by its {shards} data shards (mesh axes {axes}); use a"
+          f" per-process batch_size that is a multiple of {shards}."
+      )
+    leaf_spec = jax.sharding.PartitionSpec(*tuple(spec)[: x.ndim])
+    sharding = jax.sharding.NamedSharding(mesh, leaf_spec)
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return jax.tree_util.tree_map_with_path(convert, host_batch)
