@@ -19,8 +19,8 @@ from tokenizers import (
     processors,
     trainers,
 )
-from transformers.utils import chat_template_utils
 
+from w2s_jax.data import chat_template
 from w2s_jax.data import formatting as fm
 from w2s_jax.data import tokenizers as toks
 
@@ -289,42 +289,6 @@ def test_sentencepiece_chatml(tmp_path):
   assert plain['completion_ids'][-1] == sp.eos_id()
 
 
-def test_render_chat_template_matches_transformers():
-  template = (
-      '{%- set ns = namespace(n=0) %}'
-      '{%- for m in messages %}{%- if m.role == "skip" %}{% continue %}'
-      '{%- endif %}{%- set ns.n = ns.n + 1 %}\n'
-      '  {% generation %}{{ m.role }}={{ m.content }}{% endgeneration %}\n'
-      '{%- endfor %}\n'
-      '{{ ns.n }} {{ tools | tojson }} {{ tools | tojson(indent=2) }}'
-      ' {{ dict(a=1) | tojson }} {{ eos_token }}{{ documents }}'
-      '{% if add_generation_prompt %}GEN{% endif %}'
-  )
-  conv = [
-      {'role': 'user', 'content': 'é <b>'},
-      {'role': 'skip', 'content': 'x'},
-      {'role': 'assistant', 'content': '数'},
-  ]
-  tools = [{'z': 'é<&>', 'a': [1, 2]}]
-  for gen in (True, False):
-    want, _ = chat_template_utils.render_jinja_template(
-        conversations=[conv], tools=tools, chat_template=template,
-        add_generation_prompt=gen, eos_token='</s>',
-    )  # fmt: skip
-    got = fm.render_chat_template(
-        template, conv, add_generation_prompt=gen,
-        variables={'tools': tools, 'eos_token': '</s>'},
-    )  # fmt: skip
-    assert got == want[0]
-  with pytest.raises(
-      ValueError, match=r"template 'mine' failed.*UndefinedError"
-  ):
-    fm.render_chat_template(
-        '{{ messages[0].x.y }}', conv, add_generation_prompt=False,
-        origin="'mine'",
-    )  # fmt: skip
-
-
 def test_completion_mask_brute_force():
   rng = np.random.default_rng(0)
   for _ in range(50):
@@ -387,3 +351,8 @@ def test_format_errors(chatml_dir):
     fm.build_example(bare, 'q', 'a', 'chat')
   with pytest.raises(ValueError, match='no eos_token to end the completion'):
     fm.build_example(bare, 'q', 'a', 'plain')
+
+
+def test_render_chat_template_stays_importable_from_formatting():
+  assert fm.render_chat_template is chat_template.render_chat_template
+  assert all(hasattr(fm, name) for name in fm.__all__)

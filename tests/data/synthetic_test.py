@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from w2s_jax.data import synthetic as S
+from w2s_jax.data import synthetic_grading, synthetic_task
 
 STYLES = ("terse", "postfix", "verbose", "running", "latent")
 TASKS = [
@@ -30,24 +31,6 @@ def _evaluate(question: str, modulus: int) -> int:
   for op, arg in zip(tokens[1::2], tokens[2::2], strict=True):
     expr = f"({expr}{op}{arg})"
   return eval(expr) % modulus  # noqa: S307 - digits and operators only
-
-
-def test_golden_renderings():
-  p = S.Problem(11, 9, "*+", (0, 0))
-  assert S.prompt(p) == "Q:9*0+0?"
-  assert S.gold_trace(p, "terse") == "A:9*0=0;0+0=0#0"
-  assert S.gold_trace(p, "postfix") == "A:9 0*=0;0 0+=0#0"
-  assert S.gold_trace(p, "verbose") == "A:9 times 0 is 0, 0 plus 0 is 0, so 0"
-  assert S.gold_trace(p, "running") == "A:0;0#0"
-  # The latent pretraining format of ../shared/STUDY.md, character for
-  # character.
-  assert S.prompt(p, "latent") + S.gold_trace(p, "latent") == (
-      "c:9*0+0.9*0=0,0+0=0 a0"
-  )
-  q = S.Problem(11, 10, "*-", (10, 3), distractors=((4, "+", 2),))
-  assert S.prompt(q) == "Q:4+2;10*10-3?"
-  assert S.gold_trace(q, "terse") == "A:10*10=1;1-3=9#9"
-  assert S.prompt(q, "latent") == "c:4+2;10*10-3."
 
 
 @pytest.mark.parametrize("task", TASKS, ids=str)
@@ -129,26 +112,6 @@ def test_buckets_partition_a_small_space_exactly():
     S.sample_problems(task, "train", n_train + 1, test_fraction=0.5)
 
 
-def test_gold_fact_table_is_modular_arithmetic():
-  t = S.FactTable.gold(7, "+-*")
-  for (o, op), a, b in itertools.product(enumerate("+-*"), range(7), range(7)):
-    assert t.table_OMM[o, a, b] == eval(f"({a}{op}{b}) % 7")  # noqa: S307
-  assert t.num_facts == 3 * 49 and t.num_wrong() == 0
-
-
-def test_perturbed_table_is_systematic():
-  gold = S.FactTable.gold(11, "+*")
-  weak = gold.perturbed(0.3, seed=5)
-  assert weak.num_wrong() == round(0.3 * 242)
-  diff = weak.table_OMM != gold.table_OMM
-  assert np.all(weak.table_OMM[diff] != gold.table_OMM[diff])
-  assert np.all((0 <= weak.table_OMM) & (weak.table_OMM < 11))
-  np.testing.assert_array_equal(
-      weak.table_OMM, gold.perturbed(0.3, seed=5).table_OMM
-  )
-  assert (gold.perturbed(0.3, seed=6).table_OMM != weak.table_OMM).any()
-
-
 def test_weak_teacher_traces_grade_as_their_facts_say():
   task = S.TaskConfig(modulus=11, ops="+*", steps=3)
   weak = S.FactTable.gold(11, "+*").perturbed(0.4, seed=1)
@@ -201,41 +164,6 @@ def test_slips():
   assert a == b
 
 
-@pytest.mark.parametrize(
-    "style,completion,answer,local,chain",
-    [
-        ("terse", "A:9*0=0;0+0=0#0", 0, 1.0, 1.0),
-        ("terse", "A:9*0=1;1+0=1#1", 1, 0.5, 0.0),  # slip, then honest
-        ("terse", "A:9*0=0;0+1=1#1", 1, 0.5, 0.5),  # operand miscopied
-        ("terse", "A:9*0=0;5+0=5#5", 5, 0.5, 0.5),  # previous result miscopied
-        ("terse", "A:9*0=0;0*0=0#0", 0, 0.5, 1.0),  # wrong operator
-        ("terse", "A:9*0=0", None, 0.5, 0.5),  # truncated
-        ("terse", "A:9*0=0;0+0=0#0#5A:1", 0, 1.0, 1.0),  # first answer wins
-        ("terse", "A:9*0=0;0+0=12#12", 12, 0.5, 0.5),  # out of range
-        ("terse", "A:9*0=x;0+0=0#0", 0, 0.5, 0.5),  # unreadable step
-        ("terse", "blah", None, 0.0, 0.0),
-        ("terse", "", None, 0.0, 0.0),
-        ("postfix", "A:9 0*=0;0 0+=1#1", 1, 0.5, 0.5),
-        ("verbose", "A:9 times 0 is 3, 3 plus 0 is 3, so 3", 3, 0.5, 0.0),
-        ("verbose", "A:9 times 0 is 0, 0 minus 0 is 0, so 0", 0, 0.5, 1.0),
-        ("running", "A:1;1#1", 1, 0.5, 0.0),
-        ("running", "A:0;0#0", 0, 1.0, 1.0),
-        ("latent", "c:9*0+0.9*0=0,0+0=0 a0", 0, 1.0, 1.0),
-        ("latent", "9*0=0,0+0=4 a4", 4, 0.5, 0.5),
-    ],
-)
-def test_grader_by_hand(style, completion, answer, local, chain):
-  p = S.Problem(11, 9, "*+", (0, 0))
-  assert S.answer_of(completion, style) == answer
-  assert S.grade(p, completion, style) == (answer == 0)
-  assert S.step_accuracy(p, completion, style) == local
-  assert S.step_accuracy(p, completion, style, mode="chain") == chain
-  if completion.startswith("A:"):  # the prompt in front changes nothing
-    text = S.prompt(p, style) + completion
-    assert S.answer_of(text, style) == answer
-    assert S.step_accuracy(p, text, style) == local
-
-
 def test_styles_are_different_distributions():
   # RSD needs a teacher style a terse student finds unlikely: no two styles
   # share a solution for any problem.
@@ -286,21 +214,6 @@ def test_fact_records():
     next(S.fact_records(gold, 1, per_line=0))
 
 
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        (dict(modulus=1), "modulus=1"),
-        (dict(ops="/"), "ops='/'"),
-        (dict(ops="++"), "ops='\\+\\+'"),
-        (dict(steps=0), "steps=0"),
-        (dict(distractors=-1), "distractors=-1"),
-    ],
-)
-def test_task_config_errors(kwargs, match):
-  with pytest.raises(ValueError, match=match):
-    S.TaskConfig(**kwargs)
-
-
 def test_other_errors():
   p = S.Problem(11, 9, "*+", (0, 0))
   with pytest.raises(ValueError, match="Unknown style 'fancy'"):
@@ -315,3 +228,21 @@ def test_other_errors():
     S.sample_problems(S.TaskConfig(), "dev", 1)
   with pytest.raises(ValueError, match="mode='strict'"):
     S.step_accuracy(p, "A:", "terse", mode="strict")
+
+
+def test_public_names_stay_importable_from_synthetic():
+  # Callers import everything from synthetic; each name must be the very
+  # object of the module that now defines it, and listed in __all__.
+  moved = {
+      synthetic_task: (
+          "ALPHABET", "OP_WORDS", "STYLES", "FactTable", "Problem", "Step",
+          "TaskConfig", "gold_trace", "noisy_trace", "prompt", "render",
+          "solve",
+      ),
+      synthetic_grading: ("answer_of", "grade", "parse_steps", "step_accuracy"),
+  }  # fmt: skip
+  for module, names in moved.items():
+    for name in names:
+      assert getattr(S, name) is getattr(module, name), name
+      assert name in S.__all__, name
+  assert all(hasattr(S, name) for name in S.__all__)

@@ -31,6 +31,7 @@ from tokenizers import (
     trainers,
 )
 
+from w2s_jax.data import tokenizer_core
 from w2s_jax.data import tokenizers as toks
 
 QWEN_SPLIT = (
@@ -701,3 +702,15 @@ def test_load_errors(qwen_dir, tmp_path):
   (empty / 'tokenizer.model').write_bytes(b'not a model')
   with pytest.raises(ValueError, match='is not a sentencepiece model'):
     toks.load_tokenizer(empty)
+
+
+def test_core_names_stay_importable_from_tokenizers():
+  names = (
+      'CHAT_TEMPLATE_DIR', 'CHAT_TEMPLATE_FILE', 'GENERATION_CONFIG',
+      'SENTENCEPIECE_MODEL', 'SPECIAL_TOKENS_MAP', 'TOKENIZER_CONFIG',
+      'TOKENIZER_JSON', 'Tokenizer',
+  )  # fmt: skip
+  for name in names:
+    assert getattr(toks, name) is getattr(tokenizer_core, name), name
+    assert name in toks.__all__, name
+  assert all(hasattr(toks, name) for name in toks.__all__)
