@@ -74,7 +74,9 @@ def main():
   graphdef, state = nnx.split(models.init_model(cfg))
   fwd = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t))
   tokens = jnp.asarray(
-      np.random.RandomState(0).randint(0, cfg.vocab_size, (args.batch, args.seq)),
+      np.random.RandomState(0).randint(
+          0, cfg.vocab_size, (args.batch, args.seq)
+      ),
       jnp.int32,
   )
   t0 = time.perf_counter()
@@ -85,24 +87,29 @@ def main():
 
   n_tok = args.batch * args.seq
   n_matmul = cfg.num_params(include_embedding=False)
-  attn = 4 * args.batch * args.seq**2 * cfg.num_heads * cfg.head_dim * cfg.num_layers
+  attn = (
+      4
+      * args.batch
+      * args.seq**2
+      * cfg.num_heads
+      * cfg.head_dim
+      * cfg.num_layers
+  )
   flops = 2 * n_matmul * n_tok + attn
   print(
-      json.dumps(
-          {
-              "bench": "forward",
-              "device": str(jax.devices()[0].device_kind),
-              "config": vars(args),
-              "params_matmul": n_matmul,
-              "compile_s": round(compile_s, 2),
-              "step_s": round(step_s, 4),
-              "tokens_per_s": round(n_tok / step_s, 1),
-              "model_gflops_per_s": round(flops / step_s / 1e9, 2),
-              "gemm_peak_gflops_per_s": round(peak / 1e9, 2),
-              "mfu": round(flops / step_s / peak, 3),
-              "mfu_if_6N": round(6 * n_matmul * n_tok / step_s / peak, 3),
-          }
-      )
+      json.dumps({
+          "bench": "forward",
+          "device": str(jax.devices()[0].device_kind),
+          "config": vars(args),
+          "params_matmul": n_matmul,
+          "compile_s": round(compile_s, 2),
+          "step_s": round(step_s, 4),
+          "tokens_per_s": round(n_tok / step_s, 1),
+          "model_gflops_per_s": round(flops / step_s / 1e9, 2),
+          "gemm_peak_gflops_per_s": round(peak / 1e9, 2),
+          "mfu": round(flops / step_s / peak, 3),
+          "mfu_if_6N": round(6 * n_matmul * n_tok / step_s / peak, 3),
+      })
   )
 
 

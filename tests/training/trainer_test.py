@@ -1,0 +1,209 @@
+"""The training loop through `main`: resume, signals, export, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from w2s_jax import config_lib, testing
+from w2s_jax.data import synthetic, traces
+from w2s_jax.training import trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = [
+    "--config.student.overrides.d_model=32",
+    "--config.student.overrides.num_layers=1",
+    "--config.student.overrides.mlp_dim=64",
+    "--config.train.tensorboard=False",
+]
+
+
+def _main(workdir, config, *extra, check=True):
+  cmd = [
+      sys.executable, "-m", "w2s_jax.main", f"--config={config}",
+      f"--workdir={workdir}", *TINY, *extra,
+  ]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+  return proc
+
+
+def _cfg(spec, **over):
+  cfg = config_lib.load(os.path.join(ROOT, spec))
+  cfg.student.overrides.d_model = 32
+  cfg.student.overrides.num_layers = 1
+  cfg.student.overrides.mlp_dim = 64
+  cfg.train.tensorboard = False
+  for k, v in over.items():
+    node = cfg
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return cfg
+
+
+def _export(workdir):
+  return safetensors.numpy.load_file(os.path.join(workdir, "export", "model.safetensors"))
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+  straight, killed = str(tmp_path / "a"), str(tmp_path / "b")
+  args = ["--config.train.steps=6", "--config.train.save_every=3"]
+  _main(straight, "configs/sft.py:runlocal", *args)
+  proc = _main(
+      killed, "configs/sft.py:runlocal", *args, "--config.train.debug_kill_at=3",
+      check=False,
+  )
+  assert proc.returncode == -signal.SIGKILL
+  assert sorted(os.listdir(os.path.join(killed, "checkpoints")))[:1] == ["3"]
+  assert not os.path.exists(os.path.join(killed, "export"))
+  _main(killed, "configs/sft.py:runlocal", *args)
+  a, b = _export(straight), _export(killed)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  wd = str(tmp_path / "t")
+  proc = _main(
+      wd, "configs/sft.py:runlocal", "--config.train.steps=50",
+      "--config.train.save_every=100", "--config.train.debug_kill_at=2",
+      "--config.train.debug_kill_signal=SIGTERM",
+  )
+  import re
+
+  # The signal lands after step 2; the loop saves at the next step boundary.
+  saved = re.search(r"SIGTERM received: saved step (\d+)", proc.stdout)
+  assert saved and int(saved.group(1)) in (2, 3), proc.stdout[-2000:]
+  assert os.listdir(os.path.join(wd, "checkpoints")) == [saved.group(1)]
+
+
+def test_distill_checkpoint_has_no_teacher_and_export_matches_transformers(tmp_path):
+  import torch
+  import transformers
+
+  wd = str(tmp_path / "kd")
+  cfg = _cfg("configs/distill.py:runlocal", **{"train.steps": 2, "train.save_every": 2})
+  result = trainer.train_and_evaluate(cfg, wd)
+  assert np.isfinite(result["train/loss"])
+  import orbax.checkpoint as ocp
+
+  # Read the raw saved tree, without any target structure.
+  raw = ocp.StandardCheckpointer().restore(os.path.join(wd, "checkpoints", "2", "state"))
+  assert set(raw) == {"params", "opt", "step"}
+  n_params = sum(x.size for x in jax.tree.leaves(raw["params"]))
+  n_all = sum(x.size for x in jax.tree.leaves(raw))
+  assert n_params == transformer_params(wd)
+  # params + Adam's two moments (+ counters): the teacher (d96, 3 layers) is nowhere.
+  assert n_all < 3 * n_params + 16
+  from w2s_jax import models
+
+  ours = models.load_pretrained(os.path.join(wd, "export"))
+  hf = transformers.AutoModelForCausalLM.from_pretrained(
+      os.path.join(wd, "export"), dtype=torch.float32
+  )
+  tokens = np.random.RandomState(0).randint(0, ours.cfg.vocab_size, (2, 10))
+  ref = testing.hf_logits(hf, tokens)
+  assert np.abs(np.asarray(ours(tokens)) - ref).max() <= 1e-4
+
+
+def transformer_params(workdir):
+  return sum(v.size for v in _export(workdir).values())
+
+
+def _pairs_file(path, n=24):
+  task = synthetic.TaskConfig()
+  rows = []
+  rng = np.random.default_rng(0)
+  for p in synthetic.sample_problems(task, "train", n):
+    rows.append(
+        traces.PreferenceRecord(
+            prompt=synthetic.prompt(p),
+            chosen=synthetic.gold_trace(p),
+            rejected=synthetic.noisy_trace(p, "terse", slip_prob=1.0, rng=rng),
+        )
+    )
+  traces.write_preferences(path, rows)
+  return path
+
+
+@pytest.mark.parametrize("config", ["redi", "dpo", "simpo"])
+def test_preference_methods_end_to_end(tmp_path, config):
+  pairs = _pairs_file(str(tmp_path / "pairs.jsonl"))
+  cfg = _cfg(f"configs/{config}.py:runlocal,pairs={pairs}", **{"train.steps": 3})
+  result = trainer.train_and_evaluate(cfg, str(tmp_path / "wd"))
+  assert np.isfinite(result["train/loss"])
+  rows = [json.loads(x) for x in open(tmp_path / "wd" / "metrics.jsonl")]
+  assert rows[-1]["step"] == 3
+
+
+def test_sft_on_trace_file_with_correct_filter(tmp_path):
+  path = str(tmp_path / "t.jsonl")
+  recs = [
+      traces.SFTRecord(prompt="Q:1+1?", completion="A:1+1=2#2", correct=True),
+      traces.SFTRecord(prompt="Q:2+2?", completion="A:2+2=5#5", correct=False),
+  ] * 8
+  traces.write_sft(path, recs)
+  cfg = _cfg(f"configs/sft.py:runlocal,traces={path},correct_only", **{"train.steps": 1, "train.batch_size": 4})
+  assert trainer.train_and_evaluate(cfg, str(tmp_path / "wd"))["sft/num_tokens"] > 0
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path):
+  wd = str(tmp_path / "nan")
+  cfg = _cfg(
+      "configs/sft.py:runlocal",
+      **{"train.steps": 6, "train.save_every": 2, "optim.lr": 1e30,
+         "optim.grad_clip": 0.0, "optim.warmup_frac": 0.0, "optim.schedule": "constant"},
+  )
+  with pytest.raises(FloatingPointError, match=r"is (nan|inf) at step \d.*last good\s+checkpoint"):
+    trainer.train_and_evaluate(cfg, wd)
+  for step in os.listdir(os.path.join(wd, "checkpoints")):
+    assert step.isdigit()
+
+
+@pytest.mark.parametrize(
+    "extra,msg",
+    [
+        (["--config.optim.lrr=1"], r"unknown config key 'optim.lrr'.*'optim.lr'"),
+        (["--config.optim.lr=-1"], r"optim.lr=-1.0 is invalid"),
+        (["--config.loss.beta=1.5"], r"loss.beta=1.5 is invalid: it must be in \[0, 1\]"),
+        (["--config.teacher.hf_path=/nonexistent/ckpt"], r"/nonexistent/ckpt.*does not exist"),
+        (["--config.teacher.overrides.vocab_size=8"], r"vocabularies differ"),
+    ],
+)
+def test_cli_bad_input(tmp_path, extra, msg):
+  import re
+
+  proc = _main(str(tmp_path / "w"), "configs/distill.py:runlocal", *extra, check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert re.search(msg, proc.stderr), proc.stderr[-2000:]
+
+
+def test_cli_workdir_not_writable(tmp_path):
+  (tmp_path / "file").write_text("x")
+  proc = _main(str(tmp_path / "file" / "wd"), "configs/sft.py:runlocal", check=False)
+  assert proc.returncode == 2
+  assert "error: --workdir" in proc.stderr and "is a file" in proc.stderr
+
+
+def test_cli_teacher_tokenizer_mismatch(tmp_path):
+  from w2s_jax.data import char_vocab
+
+  other = str(tmp_path / "tok")
+  char_vocab.save_char_tokenizer(other, alphabet="xyz0123456789")
+  proc = _main(
+      str(tmp_path / "w"), "configs/distill.py:runlocal",
+      f"--config.teacher.tokenizer={other}", check=False,
+  )
+  assert proc.returncode == 2
+  assert "student/teacher" in proc.stderr, proc.stderr[-2000:]

@@ -1,0 +1,303 @@
+"""Config helpers: big_vision-style ``get_config(arg)``, loading, validation.
+
+A config file ``configs/<name>.py`` defines ``get_config(arg=None)``; the
+structural choices come through ``arg`` (``distill.py:loss=rkl,runlocal``),
+scalars through ``--config.key=value`` overrides. Configs are locked, and
+every key and value is checked when the config is loaded, so a typo fails
+before any model is built.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, lazy: bool = False, **spec: Any) -> ml_collections.ConfigDict:
+  """Parses ``"a=1,b=x,flag"`` into a ConfigDict typed after ``spec``.
+
+  Args:
+    arg: the string after ``:`` in ``--config=file.py:arg``.
+    lazy: accept keys that are not in ``spec`` (as strings).
+    **spec: the known keys with their defaults; values are cast to the type
+      of the default (bare names set booleans to True).
+  """
+  out = ml_collections.ConfigDict(dict(spec))
+  if not arg:
+    return out
+  for item in arg.split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, eq, value = item.partition("=")
+    if key not in spec and not lazy:
+      raise ValueError(
+          f"unknown config argument {key!r} in {arg!r}; known arguments:"
+          f" {sorted(spec)}."
+      )
+    default = spec.get(key)
+    if not eq:
+      out[key] = True
+    elif isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"config argument {key}={value!r} must be true/false.")
+      out[key] = value.lower() in ("true", "1")
+    elif isinstance(default, int):
+      out[key] = int(value)
+    elif isinstance(default, float):
+      out[key] = float(value)
+    else:
+      out[key] = value
+  return out
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """Loads ``path/to/config.py[:arg]`` (the same syntax as ``--config``)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"config file {path!r} not found; pass --config=configs/<name>.py."
+    )
+  module_spec = importlib.util.spec_from_file_location("_w2s_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def _paths(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  out = []
+  for k, v in cfg.items():
+    p = f"{prefix}{k}"
+    out.append(p)
+    if isinstance(v, ml_collections.ConfigDict):
+      out.extend(_paths(v, p + "."))
+  return out
+
+
+def check_override_keys(cfg: ml_collections.ConfigDict, argv: Sequence[str]) -> None:
+  """Fails with a readable message on ``--config.<unknown>=...``."""
+  known = set(_paths(cfg))
+  for a in argv:
+    if not a.startswith("--config."):
+      continue
+    key = a[len("--config.") :].split("=", 1)[0]
+    if key not in known:
+      parent = key.rsplit(".", 1)[0] if "." in key else ""
+      siblings = sorted(
+          p for p in known if p.rsplit(".", 1)[0] == parent and "." in p
+      ) if parent else sorted(p for p in known if "." not in p)
+      raise ValueError(
+          f"unknown config key {key!r} in {a!r}; valid keys"
+          f"{' under ' + parent if parent else ''}: {siblings}."
+      )
+
+
+# (dotted key, predicate, what the value must be). Keys absent from a config
+# are skipped, so one table serves every method.
+Check = tuple[str, Callable[[Any], bool], str]
+
+
+def _in01(x):
+  return 0.0 <= float(x) <= 1.0
+
+
+def _pos(x):
+  return float(x) > 0
+
+
+def _nonneg(x):
+  return float(x) >= 0
+
+
+CHECKS: list[Check] = [
+    ("optim.lr", _nonneg, "a learning rate >= 0"),
+    ("optim.weight_decay", _nonneg, ">= 0"),
+    ("optim.grad_clip", _nonneg, ">= 0 (0 disables clipping)"),
+    ("optim.warmup_frac", _in01, "in [0, 1]"),
+    ("optim.b1", lambda x: 0 <= x < 1, "in [0, 1)"),
+    ("optim.b2", lambda x: 0 <= x < 1, "in [0, 1)"),
+    ("train.steps", lambda x: int(x) >= 0, ">= 0"),
+    ("train.batch_size", lambda x: int(x) > 0, "> 0"),
+    ("train.micro_batches", lambda x: int(x) > 0, "> 0"),
+    ("train.save_every", lambda x: int(x) > 0, "> 0"),
+    ("train.keep", lambda x: int(x) > 0, "> 0"),
+    ("data.max_len", lambda x: int(x) > 1, "> 1"),
+    ("loss.alpha", _in01, "in [0, 1]"),
+    ("loss.temperature", _pos, "> 0"),
+    ("loss.lambda_on_policy", _in01, "in [0, 1]"),
+    ("lora.rank", lambda x: int(x) >= 0, ">= 0 (0 disables LoRA)"),
+    ("sample.temperature", _nonneg, ">= 0 (0 = greedy)"),
+    ("sample.top_p", lambda x: 0 < x <= 1, "in (0, 1]"),
+    ("sample.num_samples", lambda x: int(x) > 0, "> 0"),
+    ("sample.max_new_tokens", lambda x: int(x) > 0, "> 0"),
+]
+
+
+def _get(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
+  node = cfg
+  for part in dotted.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return _MISSING
+    node = node[part]
+  return node
+
+
+_MISSING = object()
+
+
+def validate(cfg: ml_collections.ConfigDict, extra: Sequence[Check] = ()) -> None:
+  """Range-checks every known key present in ``cfg``."""
+  checks = list(CHECKS)
+  if _get(cfg, "method") in ("dpo", "simpo"):
+    checks.append(("loss.beta", _pos, "> 0 (the preference temperature)"))
+  else:  # JSD's mixture weight
+    checks.append(("loss.beta", _in01, "in [0, 1]"))
+  for key, ok, what in [*checks, *extra]:
+    value = _get(cfg, key)
+    if value is _MISSING or value is None:
+      continue
+    try:
+      good = ok(value) and not (isinstance(value, float) and math.isnan(value))
+    except (TypeError, ValueError):
+      good = False
+    if not good:
+      raise ValueError(
+          f"config value {key}={value!r} is invalid: it must be {what}; fix it"
+          f" with --config.{key}=..."
+      )
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates ``workdir`` or fails with a message naming it."""
+  path = os.path.abspath(workdir)
+  probe = path
+  while probe and not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if probe and not os.path.isdir(probe):
+    raise NotADirectoryError(
+        f"--workdir {workdir!r} cannot be created: {probe!r} is a file."
+    )
+  try:
+    os.makedirs(path, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=".write_test.")
+    os.close(fd)
+    os.remove(tmp)
+  except OSError as e:
+    raise PermissionError(
+        f"--workdir {workdir!r} is not writable ({e.strerror}); choose a"
+        " directory you can write to."
+    ) from e
+  return path
+
+
+def save_resolved(cfg: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes the resolved config to ``workdir/config.json`` atomically."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".config.", suffix=".tmp")
+  with os.fdopen(fd, "w") as f:
+    json.dump(cfg.to_dict(), f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)
+  return path
+
+
+def model_section(
+    preset: str = "tiny-qwen2", hf_path: str = "", seed: int = 0, **overrides: Any
+) -> ml_collections.ConfigDict:
+  """A student/teacher section: a local HF dir, or a preset (+ overrides)."""
+  keys = (
+      "vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
+      "head_dim", "mlp_dim", "max_len", "remat",
+  )
+  # 0 / "" mean "keep the preset's value" (None cannot be set from the CLI).
+  ov = {k: overrides.pop(k, "" if k == "remat" else 0) for k in keys}
+  if overrides:
+    raise ValueError(f"unknown model overrides {sorted(overrides)}.")
+  return ml_collections.ConfigDict(
+      dict(
+          preset=preset,
+          hf_path=hf_path,
+          # A tokenizer of this model's own, checked against data.tokenizer
+          # ('' = the model uses data.tokenizer).
+          tokenizer="",
+          seed=seed,
+          dtype="float32",
+          overrides=ml_collections.ConfigDict(ov),
+      ),
+  )
+
+
+def train_config(method: str) -> ml_collections.ConfigDict:
+  """The shared skeleton of every training config (big_vision style)."""
+  c = ml_collections.ConfigDict()
+  c.job = "train"
+  c.method = method
+  c.seed = 0
+  c.mesh_shape = (-1, 1, 1)
+  c.student = model_section()
+  c.teacher = model_section(seed=1)
+  c.data = ml_collections.ConfigDict(
+      dict(
+          source="synthetic",
+          path="",
+          tokenizer="char",
+          prompt_format="raw",
+          filter="all",
+          on_error="raise",
+          max_len=48,
+          pack=False,
+          num_examples=512,
+          split="train",
+          style="terse",
+          modulus=11,
+          ops="+*",
+          steps=2,
+          distractors=0,
+      )
+  )
+  c.optim = ml_collections.ConfigDict(
+      dict(
+          lr=1e-3,
+          schedule="cosine",
+          warmup_steps=0,
+          warmup_frac=0.0,
+          min_lr_ratio=0.0,
+          b1=0.9,
+          b2=0.999,
+          eps=1e-8,
+          weight_decay=0.0,
+          grad_clip=1.0,
+      )
+  )
+  c.train = ml_collections.ConfigDict(
+      dict(
+          steps=100,
+          batch_size=32,
+          micro_batches=1,
+          log_every=10,
+          eval_every=0,
+          save_every=100,
+          keep=2,
+          tensorboard=True,
+          export=True,
+          # Fault injection (tests): send debug_kill_signal to this process
+          # after step debug_kill_at (0 = never).
+          debug_kill_at=0,
+          debug_kill_signal="SIGKILL",
+      )
+  )
+  c.loss = ml_collections.ConfigDict(
+      dict(vocab_size=0, chunk_size=1024), type_safe=False
+  )
+  c.lora = ml_collections.ConfigDict(
+      dict(rank=0, alpha=16.0, targets=("q_DNH", "k_DKH", "v_DKH", "o_NHD",
+                                        "gate_DF", "up_DF", "down_FD"))
+  )
+  return c

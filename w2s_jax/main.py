@@ -1,0 +1,91 @@
+r"""The one entry point: ``python -m w2s_jax.main --config=... --workdir=...``.
+
+  python -m w2s_jax.main --config=configs/sft.py:runlocal --workdir=/tmp/sft \
+      --config.optim.lr=3e-4
+
+The config is loaded locked: an unknown ``--config.key`` or an out-of-range
+value fails before any model is built, with a message naming the key. On a
+TPU VM pod slice or a SLURM GPU allocation, ``jax.distributed.initialize()``
+runs first (``config.distributed``: 'auto' detects the cluster, 'on' forces,
+'off' skips). User errors (bad config, missing files) print one line and
+exit with status 2; everything else raises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from w2s_jax import config_lib
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/sft.py:runlocal.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+
+
+def _maybe_initialize_distributed(config) -> None:
+  mode = str(config.get("distributed", "auto"))
+  if mode == "off":
+    return
+  import jax  # noqa: PLC0415
+
+  in_cluster = any(
+      v in os.environ
+      for v in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS")
+  )
+  if mode == "on" or (mode == "auto" and in_cluster):
+    jax.distributed.initialize()
+
+
+def run_job(config, workdir: str):
+  """Dispatches ``config.job``; returns the job's result."""
+  job = str(config.get("job", "train"))
+  if job == "train":
+    from w2s_jax.training import trainer  # noqa: PLC0415
+
+    return trainer.train_and_evaluate(config, workdir)
+  from w2s_jax import jobs  # noqa: PLC0415
+
+  return jobs.run(job, config, workdir)
+
+
+def _main(argv):
+  del argv
+  config = _CONFIG.value
+  workdir = _WORKDIR.value
+  if not flags.FLAGS["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty
+  if not workdir:
+    raise ValueError("--workdir is required (an output directory).")
+  config_lib.validate(config)
+  config_lib.prepare_workdir(workdir)
+  _maybe_initialize_distributed(config)
+  result = run_job(config, workdir)
+  if isinstance(result, dict) and result:
+    print(json.dumps({"final": result}, sort_keys=True, default=str))
+
+
+def main() -> None:
+  """Pre-checks override keys (readable errors), then runs under absl."""
+  argv = sys.argv
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  try:
+    if spec is not None:
+      config_lib.check_override_keys(config_lib.load(spec), argv[1:])
+    app.run(_main, argv=argv)
+  except USER_ERRORS as e:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  main()

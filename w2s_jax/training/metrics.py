@@ -1,0 +1,59 @@
+"""Host-side metric writing: JSONL + TensorBoard, process 0 only."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def to_host(metrics: dict[str, Any]) -> dict[str, float]:
+  """Device scalars -> Python floats (one transfer for the whole dict)."""
+  host = jax.device_get(metrics)
+  return {k: float(np.asarray(v)) for k, v in host.items()}
+
+
+class MetricWriter:
+  """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors
+  scalars to TensorBoard (``tb/``). Non-zero processes write nothing."""
+
+  def __init__(self, workdir: str, tensorboard: bool = True):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if not self.enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # noqa: PLC0415
+
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step)}
+    for k, v in metrics.items():
+      row[k] = v if math.isfinite(v) else str(v)
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(row, sort_keys=True) + "\n")
+    if self._tb is not None:
+      for k, v in metrics.items():
+        self._tb.add_scalar(k, v, step)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,294 @@
+"""The host training loop: ``train_and_evaluate(config, workdir)``.
+
+Only the jitted step touches the device. The loop schedules, logs and saves:
+
+* the step is compiled once, ahead of time, with shardings and with the
+  train state donated; its ``memory_analysis()`` is logged;
+* step n+1 is dispatched before step n's metrics are read (except on steps
+  that save, which must read them first: the state is donated);
+* a non-finite loss or parameter norm stops the run with a message and
+  leaves the last good checkpoint in place (the bad state is never saved);
+* SIGTERM saves a checkpoint and returns cleanly;
+* resume restores params, optimizer, step and the data iterator exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from w2s_jax import config_lib, sharding
+from w2s_jax.data import tokenizers as tokenizers_lib
+from w2s_jax.models import config as model_config
+from w2s_jax.models import hf_io, transformer
+from w2s_jax.training import checkpoint, inputs, lora, metrics, optim, steps
+
+log = logging.getLogger(__name__)
+
+
+def build_model(mcfg: Any, tokenizer=None, mesh=None) -> transformer.Transformer:
+  """A model from a config section: ``hf_path`` or a ``preset`` (+ overrides)."""
+  if mcfg.get("hf_path"):
+    return hf_io.load_pretrained(
+        mcfg.hf_path, dtype=mcfg.get("dtype") or None, mesh=mesh
+    )
+  overrides = dict(mcfg.get("overrides") or {})
+  if tokenizer is not None and not overrides.get("vocab_size"):
+    overrides["vocab_size"] = tokenizer.vocab_size
+  overrides = {k: v for k, v in overrides.items() if v not in (None, 0, "")}
+  if mcfg.get("dtype"):
+    overrides.setdefault("param_dtype", mcfg.dtype)
+    overrides.setdefault("dtype", mcfg.dtype)
+  cfg = model_config.get_config(mcfg.preset, **overrides)
+  model = transformer.init_model(cfg, seed=int(mcfg.get("seed", 0)))
+  if mesh is not None:
+    state = nnx.state(model)
+    nnx.update(model, jax.device_put(state, sharding.state_shardings(state, mesh)))
+  return model
+
+
+def _check_vocab(student, other, name: str, tokenizer) -> None:
+  vs, vo = student.cfg.vocab_size, other.cfg.vocab_size
+  if vs != vo and (tokenizer is None or tokenizer.vocab_size > min(vs, vo)):
+    raise ValueError(
+        f"student and {name} vocabularies differ ({vs} vs {vo}) and no shared"
+        " tokenizer vocabulary fits both; distillation needs the same"
+        " tokenizer (set loss.vocab_size to the tokenizer size for Qwen's"
+        " padded widths)."
+    )
+
+
+class _Sigterm:
+  def __init__(self):
+    self.received = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _batch_sharding(mesh, local_shape: tuple[int, ...]) -> NamedSharding:
+  """[M, b, ...] micro-batches: rows on the data axes (those that divide)."""
+  shape = (local_shape[0], local_shape[1] * jax.process_count(), *local_shape[2:])
+  names = (None, "batch") + (None,) * (len(shape) - 2)
+  return NamedSharding(mesh, sharding.logical_to_spec(names, shape, mesh))
+
+
+def _to_device(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+  return {
+      k: jax.make_array_from_process_local_data(_batch_sharding(mesh, v.shape), v)
+      for k, v in batch.items()
+  }
+
+
+def train_and_evaluate(config: Any, workdir: str, eval_fn=None) -> dict[str, Any]:
+  """Runs (or resumes) one training job; returns the final host metrics.
+
+  Args:
+    config: the locked ConfigDict (see configs/).
+    workdir: checkpoints, metrics.jsonl, tb/, export/ and config.json go here.
+    eval_fn: optional ``(model, step) -> dict`` run every
+      ``train.eval_every`` steps and at the end.
+  """
+  config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  tcfg, lcfg = config.train, config.loss
+  method = steps.get_method(config.method)
+  mesh = sharding.make_mesh(tuple(config.get("mesh_shape", (-1, 1, 1))))
+
+  with jax.set_mesh(mesh):
+    tokenizer = inputs.load_tokenizer(config.data.tokenizer, workdir)
+    student = build_model(config.student, tokenizer, mesh)
+    frozen_models = {}
+    if "teacher" in method.frozen:
+      if config.teacher.get("tokenizer"):
+        t_tok = inputs.load_tokenizer(config.teacher.tokenizer, workdir)
+        tokenizers_lib.check_compatible(tokenizer, t_tok, what="student/teacher")
+      frozen_models["teacher"] = build_model(config.teacher, tokenizer, mesh)
+      _check_vocab(student, frozen_models["teacher"], "teacher", tokenizer)
+    if "ref" in method.frozen:
+      frozen_models["ref"] = build_model(config.student, tokenizer, mesh)
+
+    s_graphdef, s_state = nnx.split(student)
+    frozen, frozen_graphdefs = {}, {}
+    for name, m in frozen_models.items():
+      frozen_graphdefs[name], frozen[name] = nnx.split(m)
+    rank = int(config.get("lora", {}).get("rank", 0))
+    if rank:
+      frozen["base"] = s_state
+      trainable = lora.init_lora(
+          s_state,
+          rank,
+          jax.random.key(int(config.seed) + 1),
+          tuple(config.lora.get("targets", lora.DEFAULT_TARGETS)),
+      )
+    else:
+      trainable = s_state
+
+    total = int(tcfg.steps)
+    tx, schedule = optim.from_config(config.optim, max(total, 1))
+    train_state = {
+        "params": trainable,
+        "opt": tx.init(trainable),
+        "step": jnp.zeros((), jnp.int32),
+    }
+    global_batch = int(tcfg.batch_size)
+    if global_batch % jax.process_count():
+      raise ValueError(
+          f"train.batch_size {global_batch} is not divisible by the"
+          f" {jax.process_count()} processes."
+      )
+    host_batch = global_batch // jax.process_count()
+    batches = inputs.make_batches(
+        config.method, config.data, tokenizer, host_batch, int(config.seed)
+    )
+
+    ckpt = checkpoint.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        save_every=int(tcfg.save_every),
+        keep=int(tcfg.keep),
+    )
+    start = 0
+    if ckpt.latest_step() is not None:
+      train_state, meta, start = ckpt.restore(train_state)
+      batches.set_state(_decode_state(meta["data"]))
+      log.info("resumed from step %d", start)
+    config_lib.save_resolved(config, workdir)
+
+    loss_cfg = dict(lcfg.to_dict())
+    spec = steps.StepSpec(
+        method=method,
+        student_graphdef=s_graphdef,
+        frozen_graphdefs=frozen_graphdefs,
+        tx=tx,
+        loss_cfg=loss_cfg,
+        lora_rank=rank,
+        lora_alpha=float(config.get("lora", {}).get("alpha", 16.0)),
+        schedule=schedule,
+    )
+    micro = int(tcfg.micro_batches)
+    first = _to_device(inputs.split_micro(next(batches), micro), mesh)
+    step_fn = jax.jit(steps.make_train_step(spec), donate_argnums=(0,))
+    compiled = step_fn.lower(train_state, frozen, first).compile()
+    mem = compiled.memory_analysis()
+    if mem is not None:
+      log.info(
+          "train step: temp %.1f MiB, arguments %.1f MiB",
+          getattr(mem, "temp_size_in_bytes", 0) / 2**20,
+          getattr(mem, "argument_size_in_bytes", 0) / 2**20,
+      )
+
+    writer = metrics.MetricWriter(workdir, tensorboard=bool(tcfg.get("tensorboard", True)))
+    log_every = int(tcfg.get("log_every", 10))
+    eval_every = int(tcfg.get("eval_every", 0))
+    last: dict[str, float] = {}
+    pending = None
+    batch = first
+
+    def check(step_metrics, step):
+      host = metrics.to_host(step_metrics)
+      bad = [k for k in ("train/loss", "train/param_norm") if not math.isfinite(host.get(k, 0.0))]
+      if bad:
+        good = ckpt.latest_step()
+        raise FloatingPointError(
+            f"{bad[0]} is {host[bad[0]]} at step {step}; stopping. The last good"
+            f" checkpoint is step {good} in {ckpt.directory}; lower optim.lr or"
+            " check the data for empty/garbled rows, then rerun to resume."
+        )
+      return host
+
+    with _Sigterm() as sigterm:
+      bar = tqdm.tqdm(
+          range(start, total), initial=start, total=total, desc=config.method,
+          disable=jax.process_index() != 0,
+      )
+      for step in bar:
+        if step > start or batch is None:
+          batch = _to_device(inputs.split_micro(next(batches), micro), mesh)
+        train_state, step_metrics = compiled(train_state, frozen, batch)
+        batch = None
+        if pending is not None:
+          host = check(*pending)
+          if pending[1] % log_every == 0:
+            writer.write(pending[1], host)
+          last = host
+        pending = (step_metrics, step + 1)
+        done = step + 1
+        must_save = done % ckpt.save_every == 0 or done == total or sigterm.received
+        if must_save:
+          host = check(*pending)
+          writer.write(done, host)
+          last, pending = host, None
+          ckpt.save(
+              done,
+              train_state,
+              {"data": _encode_state(batches.get_state())},
+              force=True,
+          )
+          bar.set_postfix(loss=f"{host['train/loss']:.4f}")
+        if eval_fn is not None and eval_every and done % eval_every == 0:
+          model = _student(spec, s_graphdef, train_state, frozen)
+          writer.write(done, eval_fn(model, done))
+        if sigterm.received:
+          log.warning("SIGTERM: saved step %d, exiting.", done)
+          print(f"SIGTERM received: saved step {done} in {ckpt.directory}.")
+          break
+        if done == int(tcfg.get("debug_kill_at", 0)):
+          # Fault injection for the resume/SIGTERM tests: a real signal.
+          ckpt.wait()
+          os.kill(os.getpid(), getattr(signal, str(tcfg.debug_kill_signal)))
+      if pending is not None:
+        last = check(*pending)
+        writer.write(pending[1], last)
+    ckpt.close()
+
+    final_step = int(jax.device_get(train_state["step"]))
+    model = _student(spec, s_graphdef, train_state, frozen)
+    if eval_fn is not None and final_step == total:
+      result = eval_fn(model, final_step)
+      writer.write(final_step, result)
+      last.update(result)
+    writer.close()
+    if final_step == total and jax.process_index() == 0 and tcfg.get("export", True):
+      hf_io.save_pretrained(model, os.path.join(workdir, "export"))
+  return last
+
+
+def _student(spec, graphdef, train_state, frozen) -> transformer.Transformer:
+  return nnx.merge(graphdef, steps.student_state(spec, train_state["params"], frozen))
+
+
+def _encode_state(state: Any) -> Any:
+  """Iterator states may hold bytes: store them JSON-safe."""
+  if isinstance(state, bytes):
+    return {"__bytes__": state.decode("latin-1")}
+  return json.loads(json.dumps(state, default=str))
+
+
+def _decode_state(state: Any) -> Any:
+  if isinstance(state, dict) and "__bytes__" in state:
+    return state["__bytes__"].encode("latin-1")
+  return state
