@@ -1,0 +1,65 @@
+"""Decoding: jitted KV-cache sampler, reverse speculative decoding, traces."""
+
+from w2s_jax.decoding.generation import (
+    GenerateOutput,
+    RSDGenerateOutput,
+    generate,
+    prepare_prompts,
+    rsd_generate,
+)
+from w2s_jax.decoding.reverse_spec import (
+    RSDConfig,
+    RSDOutput,
+    RSDState,
+    make_rsd_sampler,
+    shared_vocab_size,
+)
+from w2s_jax.decoding.rsd_rule import RSDChoice, RSDParams, rsd_choose
+from w2s_jax.decoding.sampler import (
+    DecodeConfig,
+    SamplerOutput,
+    SamplingState,
+    make_sampler,
+)
+from w2s_jax.decoding.sampling_params import (
+    SamplingParams,
+    processed_logprobs,
+    sample_logits,
+)
+from w2s_jax.decoding.traces import (
+    Trace,
+    TraceConfig,
+    filter_traces,
+    run_trace_job,
+    sample_traces,
+    write_traces,
+)
+
+__all__ = [
+    "DecodeConfig",
+    "GenerateOutput",
+    "RSDChoice",
+    "RSDConfig",
+    "RSDGenerateOutput",
+    "RSDOutput",
+    "RSDParams",
+    "RSDState",
+    "SamplerOutput",
+    "SamplingParams",
+    "SamplingState",
+    "Trace",
+    "TraceConfig",
+    "generate",
+    "make_rsd_sampler",
+    "make_sampler",
+    "prepare_prompts",
+    "processed_logprobs",
+    "rsd_choose",
+    "rsd_generate",
+    "filter_traces",
+    "run_trace_job",
+    "sample_logits",
+    "sample_traces",
+    "shared_vocab_size",
+    "write_traces",
+]
