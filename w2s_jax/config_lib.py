@@ -20,7 +20,9 @@ from typing import Any
 import ml_collections
 
 
-def parse_arg(arg: str | None, lazy: bool = False, **spec: Any) -> ml_collections.ConfigDict:
+def parse_arg(
+    arg: str | None, lazy: bool = False, **spec: Any
+) -> ml_collections.ConfigDict:
   """Parses ``"a=1,b=x,flag"`` into a ConfigDict typed after ``spec``.
 
   Args:
@@ -81,7 +83,9 @@ def _paths(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
   return out
 
 
-def check_override_keys(cfg: ml_collections.ConfigDict, argv: Sequence[str]) -> None:
+def check_override_keys(
+    cfg: ml_collections.ConfigDict, argv: Sequence[str]
+) -> None:
   """Fails with a readable message on ``--config.<unknown>=...``."""
   known = set(_paths(cfg))
   for a in argv:
@@ -90,9 +94,11 @@ def check_override_keys(cfg: ml_collections.ConfigDict, argv: Sequence[str]) -> 
     key = a[len("--config.") :].split("=", 1)[0]
     if key not in known:
       parent = key.rsplit(".", 1)[0] if "." in key else ""
-      siblings = sorted(
-          p for p in known if p.rsplit(".", 1)[0] == parent and "." in p
-      ) if parent else sorted(p for p in known if "." not in p)
+      siblings = (
+          sorted(p for p in known if p.rsplit(".", 1)[0] == parent and "." in p)
+          if parent
+          else sorted(p for p in known if "." not in p)
+      )
       raise ValueError(
           f"unknown config key {key!r} in {a!r}; valid keys"
           f"{' under ' + parent if parent else ''}: {siblings}."
@@ -129,10 +135,16 @@ CHECKS: list[Check] = [
     ("train.save_every", lambda x: int(x) > 0, "> 0"),
     ("train.keep", lambda x: int(x) > 0, "> 0"),
     ("data.max_len", lambda x: int(x) > 1, "> 1"),
+    ("data.fact_error_rate", _in01, "in [0, 1]"),
+    ("data.slip_prob", _in01, "in [0, 1]"),
     ("loss.alpha", _in01, "in [0, 1]"),
     ("loss.temperature", _pos, "> 0"),
     ("loss.lambda_on_policy", _in01, "in [0, 1]"),
     ("lora.rank", lambda x: int(x) >= 0, ">= 0 (0 disables LoRA)"),
+    ("eval.n", lambda x: int(x) > 0, "> 0"),
+    ("eval.temperature", _nonneg, ">= 0 (0 = greedy)"),
+    ("eval.top_p", lambda x: 0 < x <= 1, "in (0, 1]"),
+    ("eval.max_new_tokens", lambda x: int(x) > 0, "> 0"),
     ("sample.temperature", _nonneg, ">= 0 (0 = greedy)"),
     ("sample.top_p", lambda x: 0 < x <= 1, "in (0, 1]"),
     ("sample.num_samples", lambda x: int(x) > 0, "> 0"),
@@ -152,7 +164,9 @@ def _get(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
 _MISSING = object()
 
 
-def validate(cfg: ml_collections.ConfigDict, extra: Sequence[Check] = ()) -> None:
+def validate(
+    cfg: ml_collections.ConfigDict, extra: Sequence[Check] = ()
+) -> None:
   """Range-checks every known key present in ``cfg``."""
   checks = list(CHECKS)
   if _get(cfg, "method") in ("dpo", "simpo"):
@@ -209,12 +223,22 @@ def save_resolved(cfg: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def model_section(
-    preset: str = "tiny-qwen2", hf_path: str = "", seed: int = 0, **overrides: Any
+    preset: str = "tiny-qwen2",
+    hf_path: str = "",
+    seed: int = 0,
+    **overrides: Any,
 ) -> ml_collections.ConfigDict:
   """A student/teacher section: a local HF dir, or a preset (+ overrides)."""
   keys = (
-      "vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
-      "head_dim", "mlp_dim", "max_len", "remat",
+      "vocab_size",
+      "d_model",
+      "num_layers",
+      "num_heads",
+      "num_kv_heads",
+      "head_dim",
+      "mlp_dim",
+      "max_len",
+      "remat",
   )
   # 0 / "" mean "keep the preset's value" (None cannot be set from the CLI).
   ov = {k: overrides.pop(k, "" if k == "remat" else 0) for k in keys}
@@ -260,6 +284,10 @@ def train_config(method: str) -> ml_collections.ConfigDict:
           ops="+*",
           steps=2,
           distractors=0,
+          # Synthetic weak teacher: a perturbed fact table and random slips.
+          fact_error_rate=0.0,
+          slip_prob=0.0,
+          error_seed=0,
       )
   )
   c.optim = ml_collections.ConfigDict(
@@ -294,10 +322,21 @@ def train_config(method: str) -> ml_collections.ConfigDict:
       )
   )
   c.loss = ml_collections.ConfigDict(
-      dict(vocab_size=0, chunk_size=1024), type_safe=False
+      dict(vocab_size=0, chunk_size=96), type_safe=False
   )
   c.lora = ml_collections.ConfigDict(
-      dict(rank=0, alpha=16.0, targets=("q_DNH", "k_DKH", "v_DKH", "o_NHD",
-                                        "gate_DF", "up_DF", "down_FD"))
+      dict(
+          rank=0,
+          alpha=16.0,
+          targets=(
+              "q_DNH",
+              "k_DKH",
+              "v_DKH",
+              "o_NHD",
+              "gate_DF",
+              "up_DF",
+              "down_FD",
+          ),
+      )
   )
   return c

@@ -24,11 +24,20 @@ from ml_collections import config_flags
 from w2s_jax import config_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/sft.py:runlocal.", lock_config=True
+    "config",
+    None,
+    "Config file, e.g. configs/sft.py:runlocal.",
+    lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    PermissionError,
+    KeyError,
+)
 
 
 def _maybe_initialize_distributed(config) -> None:
@@ -39,7 +48,11 @@ def _maybe_initialize_distributed(config) -> None:
 
   in_cluster = any(
       v in os.environ
-      for v in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS")
+      for v in (
+          "SLURM_JOB_ID",
+          "TPU_WORKER_HOSTNAMES",
+          "JAX_COORDINATOR_ADDRESS",
+      )
   )
   if mode == "on" or (mode == "auto" and in_cluster):
     jax.distributed.initialize()
@@ -76,7 +89,9 @@ def _main(argv):
 def main() -> None:
   """Pre-checks override keys (readable errors), then runs under absl."""
   argv = sys.argv
-  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  spec = next(
+      (a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None
+  )
   try:
     if spec is not None:
       config_lib.check_override_keys(config_lib.load(spec), argv[1:])

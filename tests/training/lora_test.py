@@ -19,21 +19,36 @@ def test_init_is_identity_and_counts():
   graphdef, state = nnx.split(model)
   adapters = lora.init_lora(state, rank=4, rng=jax.random.key(0))
   cfg = model.cfg
-  d, n, k, h, f = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
-  per_layer = 4 * ((d + n * h) + 2 * (d + k * h) + (n * h + d) + 2 * (d + f) + (f + d))
+  d, n, k, h, f = (
+      cfg.d_model,
+      cfg.num_heads,
+      cfg.num_kv_heads,
+      cfg.head_dim,
+      cfg.mlp_dim,
+  )
+  per_layer = 4 * (
+      (d + n * h) + 2 * (d + k * h) + (n * h + d) + 2 * (d + f) + (f + d)
+  )
   assert lora.num_params(adapters) == cfg.num_layers * per_layer
   tokens = jnp.arange(12).reshape(2, 6)
   merged = nnx.merge(graphdef, lora.merge(state, adapters, alpha=8.0, rank=4))
-  np.testing.assert_array_equal(np.asarray(merged(tokens)), np.asarray(model(tokens)))
+  np.testing.assert_array_equal(
+      np.asarray(merged(tokens)), np.asarray(model(tokens))
+  )
 
 
 def test_merge_matches_numpy_low_rank_update():
   _, state = nnx.split(_model())
-  adapters = lora.init_lora(state, rank=2, rng=jax.random.key(1), targets=("o_NHD",))
+  adapters = lora.init_lora(
+      state, rank=2, rng=jax.random.key(1), targets=("o_NHD",)
+  )
   name = "blocks/0/attn/o_NHD"
   a = np.random.RandomState(0).randn(*adapters[name]["a"].shape)
   b = np.random.RandomState(1).randn(*adapters[name]["b"].shape)
-  adapters[name] = {"a": jnp.asarray(a, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
+  adapters[name] = {
+      "a": jnp.asarray(a, jnp.float32),
+      "b": jnp.asarray(b, jnp.float32),
+  }
   merged = lora.merge(state, adapters, alpha=3.0, rank=2)
   w0 = np.asarray(state["blocks"][0]["attn"]["o_NHD"].get_value(), np.float64)
   w1 = np.asarray(merged["blocks"][0]["attn"]["o_NHD"].get_value(), np.float64)
@@ -64,7 +79,10 @@ def test_gradients_flow_only_into_adapters():
 
 @pytest.mark.parametrize(
     "kw,msg",
-    [(dict(rank=0), r"rank must be positive"), (dict(targets=("wq",)), r"unknown LoRA targets")],
+    [
+        (dict(rank=0), r"rank must be positive"),
+        (dict(targets=("wq",)), r"unknown LoRA targets"),
+    ],
 )
 def test_bad_lora_arguments(kw, msg):
   _, state = nnx.split(_model())

@@ -51,7 +51,9 @@ def _setup(method, lr=3e-3, loss_cfg=None, sgd=False):
   s_def, s_state = nnx.split(models.init_model(cfg, seed=0))
   frozen, defs = {}, {}
   if method == "distill":
-    t = models.init_model(cfg.replace(d_model=48, num_heads=4, head_dim=12), seed=7)
+    t = models.init_model(
+        cfg.replace(d_model=48, num_heads=4, head_dim=12), seed=7
+    )
     defs["teacher"], frozen["teacher"] = nnx.split(t)
   if method == "dpo":
     defs["ref"], frozen["ref"] = nnx.split(models.init_model(cfg, seed=0))
@@ -96,7 +98,9 @@ def test_micro_batches_equal_one_batch(method):
   step4, _, _ = _setup(method, sgd=True)
   s1, m1 = step1(state, frozen, _batch(method, 1))
   s4, m4 = step4(state, frozen, _batch(method, 4))
-  assert float(m1["train/loss"]) == pytest.approx(float(m4["train/loss"]), rel=1e-5)
+  assert float(m1["train/loss"]) == pytest.approx(
+      float(m4["train/loss"]), rel=1e-5
+  )
   testing.assert_trees_close(s1["params"], s4["params"], atol=1e-6, rtol=1e-5)
 
 
@@ -115,10 +119,14 @@ def test_dense_and_chunked_distill_steps_agree():
   step_d, _, _ = _setup("distill", loss_cfg={**cfg, "chunked": False}, sgd=True)
   sc, mc = step_c(state, frozen, _batch("distill"))
   sd, md = step_d(state, frozen, _batch("distill"))
-  assert float(mc["train/loss"]) == pytest.approx(float(md["train/loss"]), rel=1e-5)
+  assert float(mc["train/loss"]) == pytest.approx(
+      float(md["train/loss"]), rel=1e-5
+  )
   testing.assert_trees_close(sc["params"], sd["params"], atol=1e-6, rtol=1e-5)
 
 
 def test_unknown_method():
-  with pytest.raises(ValueError, match=r"unknown method 'ppo'.*available methods"):
+  with pytest.raises(
+      ValueError, match=r"unknown method 'ppo'.*available methods"
+  ):
     steps.get_method("ppo")

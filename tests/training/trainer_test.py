@@ -15,7 +15,9 @@ from w2s_jax import config_lib, testing
 from w2s_jax.data import synthetic, traces
 from w2s_jax.training import trainer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 TINY = [
     "--config.student.overrides.d_model=32",
     "--config.student.overrides.num_layers=1",
@@ -26,13 +28,22 @@ TINY = [
 
 def _main(workdir, config, *extra, check=True):
   cmd = [
-      sys.executable, "-m", "w2s_jax.main", f"--config={config}",
-      f"--workdir={workdir}", *TINY, *extra,
+      sys.executable,
+      "-m",
+      "w2s_jax.main",
+      f"--config={config}",
+      f"--workdir={workdir}",
+      *TINY,
+      *extra,
   ]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+      cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+  )
   if check and proc.returncode != 0:
-    raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    raise AssertionError(
+        f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
   return proc
 
 
@@ -52,7 +63,9 @@ def _cfg(spec, **over):
 
 
 def _export(workdir):
-  return safetensors.numpy.load_file(os.path.join(workdir, "export", "model.safetensors"))
+  return safetensors.numpy.load_file(
+      os.path.join(workdir, "export", "model.safetensors")
+  )
 
 
 def test_resume_after_sigkill_is_exact(tmp_path):
@@ -60,7 +73,10 @@ def test_resume_after_sigkill_is_exact(tmp_path):
   args = ["--config.train.steps=6", "--config.train.save_every=3"]
   _main(straight, "configs/sft.py:runlocal", *args)
   proc = _main(
-      killed, "configs/sft.py:runlocal", *args, "--config.train.debug_kill_at=3",
+      killed,
+      "configs/sft.py:runlocal",
+      *args,
+      "--config.train.debug_kill_at=3",
       check=False,
   )
   assert proc.returncode == -signal.SIGKILL
@@ -76,8 +92,11 @@ def test_resume_after_sigkill_is_exact(tmp_path):
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
   wd = str(tmp_path / "t")
   proc = _main(
-      wd, "configs/sft.py:runlocal", "--config.train.steps=50",
-      "--config.train.save_every=100", "--config.train.debug_kill_at=2",
+      wd,
+      "configs/sft.py:runlocal",
+      "--config.train.steps=50",
+      "--config.train.save_every=100",
+      "--config.train.debug_kill_at=2",
       "--config.train.debug_kill_signal=SIGTERM",
   )
   import re
@@ -88,18 +107,24 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert os.listdir(os.path.join(wd, "checkpoints")) == [saved.group(1)]
 
 
-def test_distill_checkpoint_has_no_teacher_and_export_matches_transformers(tmp_path):
+def test_distill_checkpoint_has_no_teacher_and_export_matches_transformers(
+    tmp_path,
+):
   import torch
   import transformers
 
   wd = str(tmp_path / "kd")
-  cfg = _cfg("configs/distill.py:runlocal", **{"train.steps": 2, "train.save_every": 2})
+  cfg = _cfg(
+      "configs/distill.py:runlocal", **{"train.steps": 2, "train.save_every": 2}
+  )
   result = trainer.train_and_evaluate(cfg, wd)
   assert np.isfinite(result["train/loss"])
   import orbax.checkpoint as ocp
 
   # Read the raw saved tree, without any target structure.
-  raw = ocp.StandardCheckpointer().restore(os.path.join(wd, "checkpoints", "2", "state"))
+  raw = ocp.StandardCheckpointer().restore(
+      os.path.join(wd, "checkpoints", "2", "state")
+  )
   assert set(raw) == {"params", "opt", "step"}
   n_params = sum(x.size for x in jax.tree.leaves(raw["params"]))
   n_all = sum(x.size for x in jax.tree.leaves(raw))
@@ -140,7 +165,9 @@ def _pairs_file(path, n=24):
 @pytest.mark.parametrize("config", ["redi", "dpo", "simpo"])
 def test_preference_methods_end_to_end(tmp_path, config):
   pairs = _pairs_file(str(tmp_path / "pairs.jsonl"))
-  cfg = _cfg(f"configs/{config}.py:runlocal,pairs={pairs}", **{"train.steps": 3})
+  cfg = _cfg(
+      f"configs/{config}.py:runlocal,pairs={pairs}", **{"train.steps": 3}
+  )
   result = trainer.train_and_evaluate(cfg, str(tmp_path / "wd"))
   assert np.isfinite(result["train/loss"])
   rows = [json.loads(x) for x in open(tmp_path / "wd" / "metrics.jsonl")]
@@ -154,18 +181,33 @@ def test_sft_on_trace_file_with_correct_filter(tmp_path):
       traces.SFTRecord(prompt="Q:2+2?", completion="A:2+2=5#5", correct=False),
   ] * 8
   traces.write_sft(path, recs)
-  cfg = _cfg(f"configs/sft.py:runlocal,traces={path},correct_only", **{"train.steps": 1, "train.batch_size": 4})
-  assert trainer.train_and_evaluate(cfg, str(tmp_path / "wd"))["sft/num_tokens"] > 0
+  cfg = _cfg(
+      f"configs/sft.py:runlocal,traces={path},correct_only",
+      **{"train.steps": 1, "train.batch_size": 4},
+  )
+  assert (
+      trainer.train_and_evaluate(cfg, str(tmp_path / "wd"))["sft/num_tokens"]
+      > 0
+  )
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path):
   wd = str(tmp_path / "nan")
   cfg = _cfg(
       "configs/sft.py:runlocal",
-      **{"train.steps": 6, "train.save_every": 2, "optim.lr": 1e30,
-         "optim.grad_clip": 0.0, "optim.warmup_frac": 0.0, "optim.schedule": "constant"},
+      **{
+          "train.steps": 6,
+          "train.save_every": 2,
+          "optim.lr": 1e30,
+          "optim.grad_clip": 0.0,
+          "optim.warmup_frac": 0.0,
+          "optim.schedule": "constant",
+      },
   )
-  with pytest.raises(FloatingPointError, match=r"is (nan|inf) at step \d.*last good\s+checkpoint"):
+  with pytest.raises(
+      FloatingPointError,
+      match=r"is (nan|inf) at step \d.*last good\s+checkpoint",
+  ):
     trainer.train_and_evaluate(cfg, wd)
   for step in os.listdir(os.path.join(wd, "checkpoints")):
     assert step.isdigit()
@@ -174,24 +216,37 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path):
 @pytest.mark.parametrize(
     "extra,msg",
     [
-        (["--config.optim.lrr=1"], r"unknown config key 'optim.lrr'.*'optim.lr'"),
+        (
+            ["--config.optim.lrr=1"],
+            r"unknown config key 'optim.lrr'.*'optim.lr'",
+        ),
         (["--config.optim.lr=-1"], r"optim.lr=-1.0 is invalid"),
-        (["--config.loss.beta=1.5"], r"loss.beta=1.5 is invalid: it must be in \[0, 1\]"),
-        (["--config.teacher.hf_path=/nonexistent/ckpt"], r"/nonexistent/ckpt.*does not exist"),
+        (
+            ["--config.loss.beta=1.5"],
+            r"loss.beta=1.5 is invalid: it must be in \[0, 1\]",
+        ),
+        (
+            ["--config.teacher.hf_path=/nonexistent/ckpt"],
+            r"/nonexistent/ckpt.*does not exist",
+        ),
         (["--config.teacher.overrides.vocab_size=8"], r"vocabularies differ"),
     ],
 )
 def test_cli_bad_input(tmp_path, extra, msg):
   import re
 
-  proc = _main(str(tmp_path / "w"), "configs/distill.py:runlocal", *extra, check=False)
+  proc = _main(
+      str(tmp_path / "w"), "configs/distill.py:runlocal", *extra, check=False
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert re.search(msg, proc.stderr), proc.stderr[-2000:]
 
 
 def test_cli_workdir_not_writable(tmp_path):
   (tmp_path / "file").write_text("x")
-  proc = _main(str(tmp_path / "file" / "wd"), "configs/sft.py:runlocal", check=False)
+  proc = _main(
+      str(tmp_path / "file" / "wd"), "configs/sft.py:runlocal", check=False
+  )
   assert proc.returncode == 2
   assert "error: --workdir" in proc.stderr and "is a file" in proc.stderr
 
@@ -202,8 +257,10 @@ def test_cli_teacher_tokenizer_mismatch(tmp_path):
   other = str(tmp_path / "tok")
   char_vocab.save_char_tokenizer(other, alphabet="xyz0123456789")
   proc = _main(
-      str(tmp_path / "w"), "configs/distill.py:runlocal",
-      f"--config.teacher.tokenizer={other}", check=False,
+      str(tmp_path / "w"),
+      "configs/distill.py:runlocal",
+      f"--config.teacher.tokenizer={other}",
+      check=False,
   )
   assert proc.returncode == 2
   assert "student/teacher" in proc.stderr, proc.stderr[-2000:]

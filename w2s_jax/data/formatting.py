@@ -111,6 +111,13 @@ FORMATS: dict[str, PromptFormat] = {
     'chat': PromptFormat(kind='chat'),
     'chat_user': PromptFormat(kind='chat', instruction_placement='user'),
     'chat_bare': PromptFormat(kind='chat', instruction=None),
+    # Already-formatted prompts (the synthetic task's `Q:...?`): no template.
+    'raw': PromptFormat(
+        kind='plain',
+        instruction=None,
+        plain_template='{question}',
+        plain_separator='',
+    ),
 }
 
 

@@ -23,14 +23,9 @@ import numpy as np
 from w2s_jax.data import char_vocab, formatting, pipeline, synthetic, traces
 from w2s_jax.data import tokenizers as tokenizers_lib
 
-# The synthetic task's prompts are already terse text: no template.
-RAW_FORMAT = formatting.PromptFormat(
-    kind="plain", instruction=None, plain_template="{question}", plain_separator=""
-)
-
 
 def prompt_format(name: str) -> formatting.PromptFormat:
-  return RAW_FORMAT if name == "raw" else formatting.get_format(name)
+  return formatting.get_format(name)
 
 
 def load_tokenizer(spec: str, workdir: str) -> tokenizers_lib.Tokenizer:
@@ -57,18 +52,32 @@ def sft_examples(data: Any, tokenizer) -> list[dict[str, np.ndarray]]:
   fmt = prompt_format(str(data.get("prompt_format", "raw")))
   source = data.source
   if source == "jsonl":
-    result = traces.read_sft(data.path, on_error=str(data.get("on_error", "raise")))
+    result = traces.read_sft(
+        data.path, on_error=str(data.get("on_error", "raise"))
+    )
     mode = {"all": "w2sr", "correct": "w2sr_p"}[str(data.get("filter", "all"))]
     records = traces.select_traces(result.records, mode)
     pairs = [(r.prompt, r.completion) for r in records]
   elif source == "synthetic":
+    task = task_config(data)
+    rate = float(data.get("fact_error_rate", 0.0))
+    facts = None
+    if rate > 0:
+      facts = synthetic.FactTable.gold(task.modulus, task.ops).perturbed(
+          rate, int(data.get("error_seed", 0))
+      )
     rows = synthetic.make_records(
-        task_config(data),
+        task,
         str(data.get("split", "train")),
         int(data.num_examples),
         seed=int(data.get("seed", 0)),
         styles=(str(data.get("style", "terse")),),
+        facts=facts,
+        slip_prob=float(data.get("slip_prob", 0.0)),
+        error_seed=int(data.get("error_seed", 0)),
     )
+    if str(data.get("filter", "all")) == "correct":
+      rows = [r for r in rows if r["correct"]]
     pairs = [(r["question"], r["solution"]) for r in rows]
   else:
     raise ValueError(
@@ -87,7 +96,8 @@ def pair_examples(data: Any, tokenizer) -> list[dict[str, np.ndarray]]:
   """Chosen/rejected examples sharing one prompt."""
   if data.source != "pairs_jsonl":
     raise ValueError(
-        f"preference methods need data.source='pairs_jsonl', got {data.source!r}."
+        "preference methods need data.source='pairs_jsonl', got"
+        f" {data.source!r}."
     )
   fmt = prompt_format(str(data.get("prompt_format", "raw")))
   result = traces.read_preferences(
@@ -103,7 +113,9 @@ def pair_examples(data: Any, tokenizer) -> list[dict[str, np.ndarray]]:
   return out
 
 
-def _row(ex: dict[str, np.ndarray], max_len: int, pad_id: int) -> dict[str, np.ndarray]:
+def _row(
+    ex: dict[str, np.ndarray], max_len: int, pad_id: int
+) -> dict[str, np.ndarray]:
   """Right-padded row: tokens, positions, segment ids, completion mask."""
   p, c = np.asarray(ex["prompt_ids"]), np.asarray(ex["completion_ids"])
   ids = np.concatenate([p, c])[:max_len]
@@ -128,7 +140,9 @@ class PairBatches:
   (epoch, position) pair, so a restored iterator continues exactly.
   """
 
-  def __init__(self, examples, batch_size: int, max_len: int, pad_id: int, seed: int):
+  def __init__(
+      self, examples, batch_size: int, max_len: int, pad_id: int, seed: int
+  ):
     if len(examples) < batch_size:
       raise ValueError(
           f"{len(examples)} preference pairs cannot fill one batch of"
@@ -150,13 +164,17 @@ class PairBatches:
   def __next__(self) -> dict[str, np.ndarray]:
     if self.pos + self.batch_size > len(self.examples):
       self.epoch, self.pos = self.epoch + 1, 0
-    order = np.random.default_rng(self.seed + self.epoch).permutation(len(self.examples))
+    order = np.random.default_rng(self.seed + self.epoch).permutation(
+        len(self.examples)
+    )
     idx = order[self.pos : self.pos + self.batch_size]
     self.pos += self.batch_size
     batch: dict[str, list] = {}
     for i in idx:
       for side in ("chosen", "rejected"):
-        for k, v in _row(self.examples[i][side], self.max_len, self.pad_id).items():
+        for k, v in _row(
+            self.examples[i][side], self.max_len, self.pad_id
+        ).items():
           batch.setdefault(f"{side}_{k}", []).append(v)
     return {k: np.stack(v) for k, v in batch.items()}
 
@@ -189,7 +207,9 @@ def make_batches(
   max_len = int(data.max_len)
   pad = tokenizer.pad_id
   if method in ("redi", "dpo", "simpo"):
-    return PairBatches(pair_examples(data, tokenizer), batch_size, max_len, pad, seed)
+    return PairBatches(
+        pair_examples(data, tokenizer), batch_size, max_len, pad, seed
+    )
   examples = sft_examples(data, tokenizer)
   config = pipeline.PipelineConfig(
       batch_size=batch_size,
@@ -203,14 +223,17 @@ def make_batches(
   return GrainBatches(examples, config)
 
 
-def split_micro(batch: dict[str, np.ndarray], micro_batches: int) -> dict[str, np.ndarray]:
+def split_micro(
+    batch: dict[str, np.ndarray], micro_batches: int
+) -> dict[str, np.ndarray]:
   """[B, ...] -> [M, B/M, ...]."""
   out = {}
   for k, v in batch.items():
     b = v.shape[0]
     if b % micro_batches:
       raise ValueError(
-          f"batch size {b} is not divisible by train.micro_batches={micro_batches}."
+          f"batch size {b} is not divisible by"
+          f" train.micro_batches={micro_batches}."
       )
     out[k] = v.reshape(micro_batches, b // micro_batches, *v.shape[1:])
   return out

@@ -54,7 +54,8 @@ def init_lora(
   unknown = set(targets) - set(TARGETS)
   if unknown:
     raise ValueError(
-        f"unknown LoRA targets {sorted(unknown)}; choose from {sorted(TARGETS)}."
+        f"unknown LoRA targets {sorted(unknown)}; choose from"
+        f" {sorted(TARGETS)}."
     )
   adapters = {}
   paths = sorted(_flat_params(state).items(), key=lambda kv: str(kv[0]))

@@ -39,7 +39,9 @@ def _shifted(mb: Batch, key: str = "tokens"):
 
 def _hidden(model, mb: Batch, prefix: str = ""):
   h, _ = model.hidden(
-      mb[prefix + "tokens"], mb[prefix + "positions"], mb[prefix + "segment_ids"]
+      mb[prefix + "tokens"],
+      mb[prefix + "positions"],
+      mb[prefix + "segment_ids"],
   )
   return h[:, :-1]
 
@@ -52,7 +54,9 @@ def _attention_targets_mask(mb: Batch) -> jax.Array:
 
 def _token_lp(model, mb: Batch, prefix: str, vocab_size: int | None):
   logits = model(
-      mb[prefix + "tokens"], mb[prefix + "positions"], mb[prefix + "segment_ids"]
+      mb[prefix + "tokens"],
+      mb[prefix + "positions"],
+      mb[prefix + "segment_ids"],
   )
   return losses.token_logprobs(
       logits[:, :-1], mb[prefix + "tokens"][:, 1:], vocab_size=vocab_size
@@ -105,7 +109,7 @@ def sft_loss(student, frozen, mb, norms, cfg):
       mask,
       normalizer=norms["tokens"],
       vocab_size=cfg.get("vocab_size") or None,
-      chunk_size=int(cfg.get("chunk_size", 1024)),
+      chunk_size=int(cfg.get("chunk_size", 96)),
   )
 
 
@@ -136,7 +140,7 @@ def distill_loss(student, frozen, mb, norms, cfg):
         h_t,
         w_t,
         mask,
-        chunk_size=int(cfg.get("chunk_size", 1024)),
+        chunk_size=int(cfg.get("chunk_size", 96)),
         **kw,
     )
   zs = h_s @ student.unembedding_DV().astype(h_s.dtype)
@@ -228,10 +232,14 @@ class StepSpec:
   schedule: Callable[[Any], Any] | None = None
 
 
-def student_state(spec: StepSpec, trainable: Any, frozen: dict[str, Any]) -> Any:
+def student_state(
+    spec: StepSpec, trainable: Any, frozen: dict[str, Any]
+) -> Any:
   """The student's parameter state: trainable, or base + LoRA adapters."""
   if spec.lora_rank:
-    return lora_lib.merge(frozen["base"], trainable, spec.lora_alpha, spec.lora_rank)
+    return lora_lib.merge(
+        frozen["base"], trainable, spec.lora_alpha, spec.lora_rank
+    )
   return trainable
 
 
@@ -252,9 +260,13 @@ def make_train_step(spec: StepSpec) -> Callable:
   """
 
   def micro_loss(trainable, frozen, mb, norms):
-    student = nnx.merge(spec.student_graphdef, student_state(spec, trainable, frozen))
+    student = nnx.merge(
+        spec.student_graphdef, student_state(spec, trainable, frozen)
+    )
     frozen_models = {
-        name: nnx.merge(spec.frozen_graphdefs[name], jax.lax.stop_gradient(frozen[name]))
+        name: nnx.merge(
+            spec.frozen_graphdefs[name], jax.lax.stop_gradient(frozen[name])
+        )
         for name in spec.method.frozen
     }
     return spec.method.loss(student, frozen_models, mb, norms, spec.loss_cfg)
@@ -280,7 +292,11 @@ def make_train_step(spec: StepSpec) -> Callable:
     metrics["train/param_norm"] = optax.global_norm(new_params)
     if spec.schedule is not None:
       metrics["train/lr"] = spec.schedule(train_state["step"])
-    new_state = {"params": new_params, "opt": opt, "step": train_state["step"] + 1}
+    new_state = {
+        "params": new_params,
+        "opt": opt,
+        "step": train_state["step"] + 1,
+    }
     return new_state, metrics
 
   return step

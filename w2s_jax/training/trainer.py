@@ -37,7 +37,9 @@ from w2s_jax.training import checkpoint, inputs, lora, metrics, optim, steps
 log = logging.getLogger(__name__)
 
 
-def build_model(mcfg: Any, tokenizer=None, mesh=None) -> transformer.Transformer:
+def build_model(
+    mcfg: Any, tokenizer=None, mesh=None
+) -> transformer.Transformer:
   """A model from a config section: ``hf_path`` or a ``preset`` (+ overrides)."""
   if mcfg.get("hf_path"):
     return hf_io.load_pretrained(
@@ -54,7 +56,9 @@ def build_model(mcfg: Any, tokenizer=None, mesh=None) -> transformer.Transformer
   model = transformer.init_model(cfg, seed=int(mcfg.get("seed", 0)))
   if mesh is not None:
     state = nnx.state(model)
-    nnx.update(model, jax.device_put(state, sharding.state_shardings(state, mesh)))
+    nnx.update(
+        model, jax.device_put(state, sharding.state_shardings(state, mesh))
+    )
   return model
 
 
@@ -70,6 +74,7 @@ def _check_vocab(student, other, name: str, tokenizer) -> None:
 
 
 class _Sigterm:
+
   def __init__(self):
     self.received = False
     self._old = None
@@ -92,19 +97,27 @@ class _Sigterm:
 
 def _batch_sharding(mesh, local_shape: tuple[int, ...]) -> NamedSharding:
   """[M, b, ...] micro-batches: rows on the data axes (those that divide)."""
-  shape = (local_shape[0], local_shape[1] * jax.process_count(), *local_shape[2:])
+  shape = (
+      local_shape[0],
+      local_shape[1] * jax.process_count(),
+      *local_shape[2:],
+  )
   names = (None, "batch") + (None,) * (len(shape) - 2)
   return NamedSharding(mesh, sharding.logical_to_spec(names, shape, mesh))
 
 
 def _to_device(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
   return {
-      k: jax.make_array_from_process_local_data(_batch_sharding(mesh, v.shape), v)
+      k: jax.make_array_from_process_local_data(
+          _batch_sharding(mesh, v.shape), v
+      )
       for k, v in batch.items()
   }
 
 
-def train_and_evaluate(config: Any, workdir: str, eval_fn=None) -> dict[str, Any]:
+def train_and_evaluate(
+    config: Any, workdir: str, eval_fn=None
+) -> dict[str, Any]:
   """Runs (or resumes) one training job; returns the final host metrics.
 
   Args:
@@ -126,7 +139,9 @@ def train_and_evaluate(config: Any, workdir: str, eval_fn=None) -> dict[str, Any
     if "teacher" in method.frozen:
       if config.teacher.get("tokenizer"):
         t_tok = inputs.load_tokenizer(config.teacher.tokenizer, workdir)
-        tokenizers_lib.check_compatible(tokenizer, t_tok, what="student/teacher")
+        tokenizers_lib.check_compatible(
+            tokenizer, t_tok, what="student/teacher"
+        )
       frozen_models["teacher"] = build_model(config.teacher, tokenizer, mesh)
       _check_vocab(student, frozen_models["teacher"], "teacher", tokenizer)
     if "ref" in method.frozen:
@@ -201,7 +216,9 @@ def train_and_evaluate(config: Any, workdir: str, eval_fn=None) -> dict[str, Any
           getattr(mem, "argument_size_in_bytes", 0) / 2**20,
       )
 
-    writer = metrics.MetricWriter(workdir, tensorboard=bool(tcfg.get("tensorboard", True)))
+    writer = metrics.MetricWriter(
+        workdir, tensorboard=bool(tcfg.get("tensorboard", True))
+    )
     log_every = int(tcfg.get("log_every", 10))
     eval_every = int(tcfg.get("eval_every", 0))
     last: dict[str, float] = {}
@@ -210,19 +227,27 @@ def train_and_evaluate(config: Any, workdir: str, eval_fn=None) -> dict[str, Any
 
     def check(step_metrics, step):
       host = metrics.to_host(step_metrics)
-      bad = [k for k in ("train/loss", "train/param_norm") if not math.isfinite(host.get(k, 0.0))]
+      bad = [
+          k
+          for k in ("train/loss", "train/param_norm")
+          if not math.isfinite(host.get(k, 0.0))
+      ]
       if bad:
         good = ckpt.latest_step()
         raise FloatingPointError(
-            f"{bad[0]} is {host[bad[0]]} at step {step}; stopping. The last good"
-            f" checkpoint is step {good} in {ckpt.directory}; lower optim.lr or"
-            " check the data for empty/garbled rows, then rerun to resume."
+            f"{bad[0]} is {host[bad[0]]} at step {step}; stopping. The last"
+            f" good checkpoint is step {good} in {ckpt.directory}; lower"
+            " optim.lr or check the data for empty/garbled rows, then rerun to"
+            " resume."
         )
       return host
 
     with _Sigterm() as sigterm:
       bar = tqdm.tqdm(
-          range(start, total), initial=start, total=total, desc=config.method,
+          range(start, total),
+          initial=start,
+          total=total,
+          desc=config.method,
           disable=jax.process_index() != 0,
       )
       for step in bar:
@@ -237,7 +262,9 @@ def train_and_evaluate(config: Any, workdir: str, eval_fn=None) -> dict[str, Any
           last = host
         pending = (step_metrics, step + 1)
         done = step + 1
-        must_save = done % ckpt.save_every == 0 or done == total or sigterm.received
+        must_save = (
+            done % ckpt.save_every == 0 or done == total or sigterm.received
+        )
         if must_save:
           host = check(*pending)
           writer.write(done, host)
@@ -272,13 +299,19 @@ def train_and_evaluate(config: Any, workdir: str, eval_fn=None) -> dict[str, Any
       writer.write(final_step, result)
       last.update(result)
     writer.close()
-    if final_step == total and jax.process_index() == 0 and tcfg.get("export", True):
+    if (
+        final_step == total
+        and jax.process_index() == 0
+        and tcfg.get("export", True)
+    ):
       hf_io.save_pretrained(model, os.path.join(workdir, "export"))
   return last
 
 
 def _student(spec, graphdef, train_state, frozen) -> transformer.Transformer:
-  return nnx.merge(graphdef, steps.student_state(spec, train_state["params"], frozen))
+  return nnx.merge(
+      graphdef, steps.student_state(spec, train_state["params"], frozen)
+  )
 
 
 def _encode_state(state: Any) -> Any:
