@@ -24,7 +24,7 @@ demo: $(VENV)/.installed
 	$(PY) -m w2s_jax.demo --workdir=$(WORKDIR)
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)
 
 format: $(VENV)/.installed-test
 	$(PY) -m pyink w2s_jax tests configs launch
