@@ -312,8 +312,15 @@ class Transformer(nnx.Module):
     return self.lm_head_DV.get_value()
 
   def logits(self, hidden_BLD: jax.Array) -> jax.Array:
-    w = self.unembedding_DV().astype(hidden_BLD.dtype)
-    logits = jnp.einsum("BLD,DV->BLV", hidden_BLD, w)
+    dt = hidden_BLD.dtype
+    if self.cfg.tie_embeddings:
+      # Contract against [V, D] directly: a transposed copy of the table
+      # would otherwise be materialised (every decode step on XLA:CPU).
+      w_VD = self.embed_VD.get_value().astype(dt)
+      logits = jnp.einsum("BLD,VD->BLV", hidden_BLD, w_VD)
+    else:
+      w_DV = self.lm_head_DV.get_value().astype(dt)
+      logits = jnp.einsum("BLD,DV->BLV", hidden_BLD, w_DV)
     return sharding.shard(logits, "batch", "length", "act_vocab")
 
   def __call__(
