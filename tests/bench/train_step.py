@@ -73,6 +73,10 @@ def main():
   mask = np.ones_like(tokens)
   mask[:, : args.seq // 4] = 0  # a prompt quarter, not in the loss
 
+  # Export first: the jitted step donates (deletes) the model's arrays.
+  tmp = tempfile.TemporaryDirectory()
+  models.save_pretrained(model, tmp.name)
+
   # --- w2s_jax
   graphdef, state = nnx.split(model)
   tx, _ = optim.make_optimizer(1e-4, 100, schedule="constant")
@@ -105,11 +109,10 @@ def main():
   import transformers  # noqa: PLC0415
 
   torch.set_num_threads(1)
-  with tempfile.TemporaryDirectory() as d:
-    models.save_pretrained(model, d)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        d, dtype=torch.float32
-    )
+  hf = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp.name, dtype=torch.float32
+  )
+  tmp.cleanup()
   hf.train()
   opt = torch.optim.AdamW(hf.parameters(), lr=1e-4)
   tt = torch.tensor(tokens, dtype=torch.long)
