@@ -24,12 +24,7 @@ def get_config(arg=None):
   c.job = "eval"
   c.seed = 0
   c.model = config_lib.model_section(hf_path=a.model)
-  c.data = ml_collections.ConfigDict(
-      dict(
-          tokenizer=a.tokenizer or a.model or "char",
-          prompt_format="raw" if a.dataset == "synthetic" else "chat",
-      )
-  )
+  c.data = config_lib.io_data_section(a.tokenizer or a.model, a.dataset)
   c.eval = ml_collections.ConfigDict(
       dict(
           dataset=a.dataset,
@@ -43,10 +38,7 @@ def get_config(arg=None):
           batch_size=64,
           style="terse",
           seed=0,
-          modulus=11,
-          ops="+*",
-          steps=2,
-          distractors=0,
+          **config_lib.SYNTHETIC_TASK,
       )
   )
   return c

@@ -34,12 +34,7 @@ def get_config(arg=None):
   c.seed = 0
   c.teacher = config_lib.model_section(hf_path=a.teacher)
   c.student = config_lib.model_section(hf_path=a.student)
-  c.data = ml_collections.ConfigDict(
-      dict(
-          tokenizer=a.tokenizer or a.teacher or "char",
-          prompt_format="raw" if a.dataset == "synthetic" else "chat",
-      )
-  )
+  c.data = config_lib.io_data_section(a.tokenizer or a.teacher, a.dataset)
   c.sample = ml_collections.ConfigDict(
       dict(
           dataset=a.dataset,
@@ -60,10 +55,7 @@ def get_config(arg=None):
           pairs=a.pairs,
           style="terse",
           seed=0,
-          modulus=11,
-          ops="+*",
-          steps=2,
-          distractors=0,
+          **config_lib.SYNTHETIC_TASK,
       )
   )
   return c

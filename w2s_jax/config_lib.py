@@ -222,6 +222,20 @@ def save_resolved(cfg: ml_collections.ConfigDict, workdir: str) -> str:
   return path
 
 
+# The synthetic task's difficulty knobs (data.synthetic_task.TaskConfig).
+SYNTHETIC_TASK = dict(modulus=11, ops="+*", steps=2, distractors=0)
+
+
+def io_data_section(tokenizer: str, dataset: str) -> ml_collections.ConfigDict:
+  """The ``data`` section of the sampling/eval jobs."""
+  return ml_collections.ConfigDict(
+      dict(
+          tokenizer=tokenizer or "char",
+          prompt_format="raw" if dataset == "synthetic" else "chat",
+      )
+  )
+
+
 def model_section(
     preset: str = "tiny-qwen2",
     hf_path: str = "",
@@ -280,10 +294,7 @@ def train_config(method: str) -> ml_collections.ConfigDict:
           num_examples=512,
           split="train",
           style="terse",
-          modulus=11,
-          ops="+*",
-          steps=2,
-          distractors=0,
+          **SYNTHETIC_TASK,
           # Synthetic weak teacher: a perturbed fact table and random slips.
           fact_error_rate=0.0,
           slip_prob=0.0,
