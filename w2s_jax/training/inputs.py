@@ -22,10 +22,7 @@ import numpy as np
 
 from w2s_jax.data import char_vocab, formatting, pipeline, synthetic, traces
 from w2s_jax.data import tokenizers as tokenizers_lib
-
-
-def prompt_format(name: str) -> formatting.PromptFormat:
-  return formatting.get_format(name)
+from w2s_jax.training import steps
 
 
 def load_tokenizer(spec: str, workdir: str) -> tokenizers_lib.Tokenizer:
@@ -49,7 +46,7 @@ def task_config(data: Any) -> synthetic.TaskConfig:
 
 def sft_examples(data: Any, tokenizer) -> list[dict[str, np.ndarray]]:
   """(prompt_ids, completion_ids) examples for SFT / distillation."""
-  fmt = prompt_format(str(data.get("prompt_format", "raw")))
+  fmt = formatting.get_format(str(data.get("prompt_format", "raw")))
   source = data.source
   if source == "jsonl":
     result = traces.read_sft(
@@ -99,7 +96,7 @@ def pair_examples(data: Any, tokenizer) -> list[dict[str, np.ndarray]]:
         "preference methods need data.source='pairs_jsonl', got"
         f" {data.source!r}."
     )
-  fmt = prompt_format(str(data.get("prompt_format", "raw")))
+  fmt = formatting.get_format(str(data.get("prompt_format", "raw")))
   result = traces.read_preferences(
       data.path, on_error=str(data.get("on_error", "raise"))
   )
@@ -206,7 +203,7 @@ def make_batches(
   """The host batch iterator for ``method`` (has get_state / set_state)."""
   max_len = int(data.max_len)
   pad = tokenizer.pad_id
-  if method in ("redi", "dpo", "simpo"):
+  if method in steps.PAIR_METHODS:
     return PairBatches(
         pair_examples(data, tokenizer), batch_size, max_len, pad, seed
     )
