@@ -14,14 +14,13 @@ exit with status 2; everything else raises.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from w2s_jax import config_lib
+from w2s_jax import config_lib, distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -40,24 +39,6 @@ USER_ERRORS = (
 )
 
 
-def _maybe_initialize_distributed(config) -> None:
-  mode = str(config.get("distributed", "auto"))
-  if mode == "off":
-    return
-  import jax  # noqa: PLC0415
-
-  in_cluster = any(
-      v in os.environ
-      for v in (
-          "SLURM_JOB_ID",
-          "TPU_WORKER_HOSTNAMES",
-          "JAX_COORDINATOR_ADDRESS",
-      )
-  )
-  if mode == "on" or (mode == "auto" and in_cluster):
-    jax.distributed.initialize()
-
-
 def run_job(config, workdir: str):
   """Dispatches ``config.job``; returns the job's result."""
   job = str(config.get("job", "train"))
@@ -65,6 +46,14 @@ def run_job(config, workdir: str):
     from w2s_jax.training import trainer  # noqa: PLC0415
 
     return trainer.train_and_evaluate(config, workdir)
+  if job == "rl":  # methods that sample the student during training
+    from w2s_jax.training import rl_trainer  # noqa: PLC0415
+
+    return rl_trainer.train_and_evaluate(config, workdir)
+  if job == "study":
+    from w2s_jax import study  # noqa: PLC0415
+
+    return study.run(config, workdir)
   from w2s_jax import jobs  # noqa: PLC0415
 
   return jobs.run(job, config, workdir)
@@ -80,7 +69,7 @@ def _main(argv):
     raise ValueError("--workdir is required (an output directory).")
   config_lib.validate(config)
   config_lib.prepare_workdir(workdir)
-  _maybe_initialize_distributed(config)
+  distributed.maybe_initialize(config)
   result = run_job(config, workdir)
   if isinstance(result, dict) and result:
     print(json.dumps({"final": result}, sort_keys=True, default=str))
