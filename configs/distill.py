@@ -1,21 +1,46 @@
-r"""Offline knowledge distillation with the teacher fused into the step.
+r"""Offline knowledge distillation: teacher fused into the step, or a cache.
 
 Any divergence of the loss library (fkl, rkl, jsd, skl, srkl, tvd), with
 temperature, τ², and the 'completion' or 'attention' mask mode of the
 fidelity study (METHODS §7); the vocab-chunked loss by default.
 
+Teacher fused into the jitted step (under stop_gradient):
+
   python -m w2s_jax.main --config=configs/distill.py:runlocal,loss=rkl --workdir=/tmp/kd
-  # Real models: --config.teacher.hf_path=/ckpt/Qwen2.5-1.5B \
-  #   --config.student.hf_path=/ckpt/Qwen2.5-0.5B --config.data.tokenizer=/ckpt/Qwen2.5-0.5B \
-  #   --config.loss.vocab_size=151665
+
+From a cached teacher top-k (METHODS §0.1; the teacher is never built while
+training): write the cache once with the `topk_cache` job, then train on it
+with the same data section. `loss.topk_mode` is 'tail_bucket' (k+1
+categories, default), 'renormalized' or 'sparse_fkl'; tail_bucket and
+sparse_fkl need loss.temperature == cache.temperature.
+
+  python -m w2s_jax.main --config=configs/distill.py:runlocal,make_cache \
+      --workdir=/tmp/kd_cache --config.cache.k=64
+  python -m w2s_jax.main \
+      --config=configs/distill.py:runlocal,topk_cache=/tmp/kd_cache/topk.array_record \
+      --workdir=/tmp/kd_from_cache
+
+Real models: --config.teacher.hf_path=/ckpt/Qwen2.5-1.5B \
+  --config.student.hf_path=/ckpt/Qwen2.5-0.5B --config.data.tokenizer=/ckpt/Qwen2.5-0.5B \
+  --config.loss.vocab_size=151665
 """
 
 from w2s_jax import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, runlocal=False, loss="fkl", traces="")
-  c = config_lib.train_config("distill")
+  a = config_lib.parse_arg(
+      arg,
+      runlocal=False,
+      loss="fkl",
+      traces="",
+      topk_cache="",
+      make_cache=False,
+      k=32,
+  )
+  c = config_lib.train_config("distill_cache" if a.topk_cache else "distill")
+  if a.make_cache:
+    c.job = "topk_cache"
   c.loss.divergence = a.loss
   c.loss.temperature = 1.0
   c.loss.tau_sq = True
@@ -23,7 +48,13 @@ def get_config(arg=None):
   c.loss.alpha = 0.1
   c.loss.mask_mode = "completion"
   c.loss.chunked = True
+  # Top-k comparison (cache, or the fused teacher with loss.topk = k > 0).
+  c.loss.topk = 0
+  c.loss.topk_mode = "tail_bucket"
   c.teacher = config_lib.model_section(seed=1, d_model=96, num_layers=3)
+  c.data.topk_cache = a.topk_cache
+  # The `topk_cache` job: k entries per position at the loss temperature.
+  c.cache = dict(k=a.k, temperature=1.0, batch_size=8)
   if a.traces:
     c.data.source = "jsonl"
     c.data.path = a.traces

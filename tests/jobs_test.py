@@ -96,3 +96,41 @@ def test_sample_and_rsd_jobs_write_readable_traces(tmp_path):
     recs = traces.read_sft(os.path.join(wd, "traces.jsonl")).records
     assert len(recs) == stats["kept"] > 0
     assert all(r.correct in (True, False) for r in recs)
+
+
+def test_topk_scorer_rows_match_the_full_forward():
+  """Batched, right-padded scoring == one forward per sequence."""
+  import numpy as np
+
+  model = models.init_model(
+      models.get_config("tiny-qwen2", vocab_size=24, max_len=16), seed=2
+  )
+  rng = np.random.RandomState(0)
+  seqs = [rng.randint(1, 24, n).astype(np.int32) for n in (5, 9, 3)]
+  scorer = jobs.make_topk_scorer(model, k=4, temperature=2.0, vocab_size=24)
+  scored = list(jobs.score_sequences(scorer, seqs, batch_size=2, width=10))
+  assert len(scored) == 3
+  for ids, (top_ids, top_lp) in zip(seqs, scored):
+    z = np.asarray(model(ids[None]), np.float64)[0] / 2.0
+    lp = z - z.max(-1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
+    assert top_ids.shape == top_lp.shape == (len(ids), 4)
+    np.testing.assert_allclose(top_lp, -np.sort(-lp, axis=-1)[:, :4], atol=1e-5)
+    np.testing.assert_allclose(
+        np.take_along_axis(lp, top_ids, -1), top_lp, atol=1e-5
+    )
+
+
+def test_ssb_data_rejects_bad_settings(tmp_path):
+  import pytest
+
+  from w2s_jax import config_lib
+
+  cfg = config_lib.load(
+      os.path.join(ROOT, "configs", "ssb.py") + ":runlocal,stage=data"
+  )
+  cfg.ssb.num_rollouts = 1
+  with pytest.raises(ValueError, match=r"ssb.num_rollouts=1 is invalid"):
+    jobs.run("ssb_data", cfg, str(tmp_path))
+  with pytest.raises(ValueError, match=r"unknown job 'ssb'.*ssb_data"):
+    jobs.run("ssb", cfg, str(tmp_path))

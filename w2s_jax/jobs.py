@@ -1,4 +1,4 @@
-"""Non-training jobs of ``w2s_jax.main``: eval, sample, rsd, topk_cache.
+"""Non-training jobs of ``w2s_jax.main``: eval, sample, rsd, topk_cache, ssb_data.
 
 Each job takes the locked config and the workdir and writes its outputs
 atomically there, with a progress bar:
@@ -9,11 +9,15 @@ atomically there, with a progress bar:
   speculative decoding -> ``traces.jsonl`` (graded, filtered) and, with
   ``sample.pairs``, ``pairs.jsonl`` for REDI/DPO/SimPO.
 * ``topk_cache``: a teacher's top-k log-probs on SFT data -> array_record.
+* ``ssb_data``: semantic soft bootstrapping data (METHODS §8): base-model
+  rollouts, hint selection, hinted replies -> ``ssb.jsonl`` and the
+  teacher's top-k rows aligned to the student's reply tokens.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -83,48 +87,287 @@ def run_eval(config: Any, workdir: str) -> dict[str, float]:
   return summary
 
 
-def run_topk_cache(config: Any, workdir: str) -> dict[str, float]:
-  """Teacher top-k log-probs (at ``cache.temperature``) over SFT examples."""
+def make_topk_scorer(
+    model: Any, k: int, temperature: float, vocab_size: int
+) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+  """A jitted ``(tokens_BL, lengths_B) -> (ids_BLK, logprobs_BLK)``.
+
+  Row t holds the model's top-k next-token log-probs of
+  ``log_softmax(z[:vocab_size] / temperature)`` after ``tokens[: t + 1]``
+  (the row of ``logits[:, t]``); rows are right-padded, padding rows are
+  garbage. Call it with one fixed ``[B, L]`` shape to compile once.
+  """
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
 
+  graphdef, state = nnx.split(model)
+  if not 1 <= k <= vocab_size:
+    raise ValueError(
+        f"cache.k={k} must be in [1, vocab_size={vocab_size}]; set"
+        " --config.cache.k."
+    )
+
+  @jax.jit
+  def score(state, tokens_BL, lengths_B):
+    length = tokens_BL.shape[1]
+    seg = (jnp.arange(length)[None] < lengths_B[:, None]).astype(jnp.int32)
+    pos = jnp.broadcast_to(jnp.arange(length), tokens_BL.shape) * seg
+    logits = nnx.merge(graphdef, state)(tokens_BL, pos, seg)
+    lp = jax.nn.log_softmax(
+        logits[..., :vocab_size].astype(jnp.float32) / temperature, axis=-1
+    )
+    vals, ids = jax.lax.top_k(lp, k)
+    return ids.astype(jnp.int32), vals
+
+  def run(tokens_BL, lengths_B):
+    ids, vals = score(state, jnp.asarray(tokens_BL), jnp.asarray(lengths_B))
+    return np.asarray(ids), np.asarray(vals)
+
+  return run
+
+
+def score_sequences(
+    scorer: Callable, seqs: list[np.ndarray], batch_size: int, width: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Yields ``(ids [n, K], logprobs [n, K])`` per sequence, in order.
+
+  Sequences are right-padded to ``width`` in batches of ``batch_size``
+  (the last batch padded with empty rows), so the scorer compiles once.
+  """
+  for start in range(0, len(seqs), batch_size):
+    chunk = seqs[start : start + batch_size]
+    tokens = np.zeros((batch_size, width), np.int32)
+    lengths = np.zeros(batch_size, np.int32)
+    for r, ids in enumerate(chunk):
+      if len(ids) > width:
+        raise ValueError(
+            f"sequence {start + r} has {len(ids)} tokens, more than the"
+            f" scoring width {width}; raise data.max_len."
+        )
+      tokens[r, : len(ids)], lengths[r] = ids, len(ids)
+    ids_BLK, lp_BLK = scorer(tokens, lengths)
+    for r, ids in enumerate(chunk):
+      yield ids_BLK[r, : len(ids)], lp_BLK[r, : len(ids)]
+
+
+def cache_header(c: Any, tok: Any) -> topk_cache.TopKHeader:
+  return topk_cache.TopKHeader(
+      k=int(c.k),
+      temperature=float(c.temperature),
+      vocab_size=tok.vocab_size,
+      tokenizer_fingerprint=tok.fingerprint(),
+  )
+
+
+def run_topk_cache(config: Any, workdir: str) -> dict[str, float]:
+  """Teacher top-k log-probs (at ``cache.temperature``) over SFT examples.
+
+  Each example is scored as the trainer will see it (prompt || completion
+  cut to ``data.max_len``), so ``inputs.TopKBatches`` can check the cache
+  against the data token by token. Writes ``workdir/topk.array_record``.
+  """
   c = config.cache
   tok = inputs.load_tokenizer(config.data.tokenizer, workdir)
   teacher = trainer.build_model(config.teacher, tok)
   examples = inputs.sft_examples(config.data, tok)
-  k, tau = int(c.k), float(c.temperature)
-  graphdef, state = nnx.split(teacher)
-
-  @jax.jit
-  def topk(state, tokens_1L):
-    logits = nnx.merge(graphdef, state)(tokens_1L)[0, :, : tok.vocab_size]
-    lp = jax.nn.log_softmax(logits.astype(jnp.float32) / tau, axis=-1)
-    vals, ids = jax.lax.top_k(lp, k)
-    return ids.astype(jnp.int32), vals
-
-  header = topk_cache.TopKHeader(
-      k=k,
-      temperature=tau,
-      vocab_size=tok.vocab_size,
-      tokenizer_fingerprint=tok.fingerprint(),
+  max_len = int(config.data.max_len)
+  header = cache_header(c, tok)
+  scorer = make_topk_scorer(
+      teacher, header.k, header.temperature, tok.vocab_size
   )
+  seqs = [inputs.example_ids(ex, max_len) for ex in examples]
+  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "topk.array_record")
+  scored = score_sequences(
+      scorer, seqs, int(c.get("batch_size", 8)), max(map(len, seqs))
+  )
   with topk_cache.TopKCacheWriter(path, header) as writer:
-    for ex in tqdm.tqdm(examples, desc="topk cache"):
-      ids = np.concatenate([ex["prompt_ids"], ex["completion_ids"]]).astype(
-          np.int32
-      )
-      top_ids, top_lp = topk(state, jnp.asarray(ids[None]))
+    for ex, ids, (top_ids, top_lp) in zip(
+        examples, seqs, tqdm.tqdm(scored, total=len(seqs), desc="topk cache")
+    ):
       writer.write(
           ids,
-          np.asarray(top_ids),
-          np.asarray(top_lp),
-          prompt_length=len(ex["prompt_ids"]),
-          temperature=tau,
+          top_ids,
+          top_lp,
+          prompt_length=min(len(ex["prompt_ids"]), len(ids)),
+          temperature=header.temperature,
       )
   print(f"wrote {len(examples)} examples to {path}")
   return {"examples": float(len(examples))}
+
+
+def _ssb_rollouts(traces_list, num_problems: int) -> list[list[Any]]:
+  from w2s_jax.data import ssb  # noqa: PLC0415
+
+  groups: list[list[Any]] = [[] for _ in range(num_problems)]
+  for t in traces_list:
+    groups[t.problem_index].append(
+        ssb.Rollout(t.completion, t.answer, bool(t.correct))
+    )
+  return groups
+
+
+def _check_ssb_config(s: Any) -> None:
+  """Fails at job start on settings that cannot produce SSB data."""
+  from w2s_jax.data import ssb  # noqa: PLC0415
+
+  checks = [
+      ("num_rollouts", int(s.num_rollouts) >= 2, ">= 2 (a right and a wrong)"),
+      ("rollout_temperature", float(s.rollout_temperature) > 0, "> 0"),
+      ("hint_temperature", float(s.hint_temperature) > 0, "> 0"),
+      ("max_new_tokens", int(s.max_new_tokens) > 0, "> 0"),
+      (
+          "hint_style",
+          str(s.hint_style) in ssb.HINT_STYLES,
+          str(ssb.HINT_STYLES),
+      ),
+  ]
+  for key, ok, what in checks:
+    if not ok:
+      raise ValueError(
+          f"config value ssb.{key}={s[key]!r} is invalid: it must be {what};"
+          f" fix it with --config.ssb.{key}=..."
+      )
+
+
+def run_ssb_data(config: Any, workdir: str) -> dict[str, float]:
+  """SSB data (METHODS §8): rollouts, hints, hinted replies, teacher rows.
+
+  The teacher is the frozen base model (``config.teacher``), sampled
+  through the jitted sampler. Writes ``workdir/ssb.jsonl`` (SFT rows:
+  student prompt, reply, plus the hinted prompt and the hint answers) and
+  ``workdir/topk.array_record``: the teacher's top-k at
+  ``cache.temperature`` on ``hinted prompt || reply``, aligned to the
+  student's ``prompt || reply`` tokens (``ssb.align_teacher_rows``).
+  """
+  from w2s_jax.data import ssb  # noqa: PLC0415
+  from w2s_jax.decoding import traces as trace_job  # noqa: PLC0415
+
+  s, c = config.ssb, config.cache
+  _check_ssb_config(s)
+  tok = inputs.load_tokenizer(config.data.tokenizer, workdir)
+  student_fmt = formatting.get_format(str(config.data.prompt_format))
+  teacher_fmt = formatting.get_format(str(s.teacher_format))
+  teacher = trainer.build_model(config.teacher, tok)
+  problems = _problems(s)
+  synthetic_task = str(s.dataset) == "synthetic"
+  grader = (
+      _synthetic_grader(str(s.get("style", "terse")))
+      if synthetic_task
+      else trace_job.answer_grader(_task(str(s.dataset)))
+  )
+
+  def trace_cfg(n, temperature, top_k, seed):
+    return trace_job.TraceConfig(
+        num_samples=n,
+        max_new_tokens=int(s.max_new_tokens),
+        batch_size=int(s.batch_size),
+        seed=seed,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=1.0,
+        require_correct=False,
+        max_fallback_rate=None,
+        keep="all",
+    )
+
+  # 1. K rollouts per problem from the plain question.
+  rollouts = trace_job.sample_traces(
+      problems,
+      tok,
+      trace_cfg(
+          int(s.num_rollouts),
+          float(s.rollout_temperature),
+          # top-k 50 of the paper; a smaller vocabulary keeps all ids.
+          min(int(s.rollout_top_k), tok.vocab_size),
+          int(config.seed),
+      ),
+      model=teacher,
+      grader=grader,
+      prompt_fn=lambda p: formatting.encode_prompt(
+          tok, p["question"], teacher_fmt
+      ),
+  )
+  # 2. Keep mixed problems; hint pair with the majority wrong answer.
+  rng = np.random.default_rng(int(config.seed))
+  hinted = []
+  for prob, group in zip(problems, _ssb_rollouts(rollouts, len(problems))):
+    pair = ssb.select_hints(group, rng)
+    if pair is not None:
+      text = ssb.hinted_prompt(prob["question"], pair, str(s.hint_style))
+      hinted.append({**prob, "hinted": text, "pair": pair})
+  stats = {
+      "problems": float(len(problems)),
+      "mixed": float(len(hinted)),
+      "rollout_accuracy": float(np.mean([t.correct for t in rollouts])),
+  }
+  # 3. One hinted reply per kept problem at T 0.4; keep it if correct.
+  replies = []
+  if hinted:
+    replies = trace_job.sample_traces(
+        hinted,
+        tok,
+        trace_cfg(1, float(s.hint_temperature), 0, int(config.seed) + 1),
+        model=teacher,
+        grader=grader,
+        prompt_fn=lambda p: formatting.encode_prompt(
+            tok, p["hinted"], teacher_fmt
+        ),
+    )
+  kept = [(hinted[t.problem_index], t) for t in replies if t.correct]
+  stats["kept"] = float(len(kept))
+  if not kept:
+    raise ValueError(
+        f"SSB kept no problem ({len(hinted)} of {len(problems)} had mixed"
+        " rollouts, none of their hinted replies was correct); raise"
+        " ssb.num_problems or ssb.num_rollouts, or use a stronger base"
+        " model."
+    )
+  # 4. Student rows and the teacher's top-k on hinted prompt || reply.
+  system = str(s.get("system", ""))
+  records, examples, teacher_seqs, hint_lens = [], [], [], []
+  for prob, t in kept:
+    prompt = ssb.student_prompt(prob["question"], system)
+    ex = formatting.build_example(tok, prompt, t.completion, student_fmt)
+    hint_ids = formatting.encode_prompt(tok, prob["hinted"], teacher_fmt)
+    examples.append(ex)
+    teacher_seqs.append(np.concatenate([hint_ids, ex["completion_ids"]]))
+    hint_lens.append(len(hint_ids))
+    records.append(
+        traces.SFTRecord(
+            prompt=prompt,
+            completion=t.completion,
+            correct=True,
+            extra={
+                "hinted_prompt": prob["hinted"],
+                "hint_wrong_answer": prob["pair"].wrong_answer,
+                "rollouts_correct": prob["pair"].num_correct,
+            },
+        )
+    )
+  os.makedirs(workdir, exist_ok=True)
+  traces.write_sft(os.path.join(workdir, "ssb.jsonl"), records)
+  header = cache_header(c, tok)
+  scorer = make_topk_scorer(
+      teacher, header.k, header.temperature, tok.vocab_size
+  )
+  width = max(map(len, teacher_seqs))
+  scored = score_sequences(scorer, teacher_seqs, int(c.batch_size), width)
+  path = os.path.join(workdir, "topk.array_record")
+  with topk_cache.TopKCacheWriter(path, header) as writer:
+    for ex, p_h, (t_ids, t_lp) in zip(examples, hint_lens, scored):
+      p_s, r = len(ex["prompt_ids"]), len(ex["completion_ids"])
+      ids, lps = ssb.align_teacher_rows(t_ids, t_lp, p_h, p_s, r)
+      writer.write(
+          inputs.example_ids(ex, p_s + r),
+          ids,
+          lps,
+          prompt_length=p_s,
+          temperature=header.temperature,
+      )
+  print(stats)
+  return stats
 
 
 def _synthetic_grader(style: str):
@@ -221,8 +464,11 @@ def run(job: str, config: Any, workdir: str):
     return run_eval(config, workdir)
   if job == "topk_cache":
     return run_topk_cache(config, workdir)
+  if job == "ssb_data":
+    return run_ssb_data(config, workdir)
   if job in ("sample", "rsd"):
     return run_sample(config, workdir, rsd=job == "rsd")
   raise ValueError(
-      f"unknown job {job!r}; jobs: train, eval, sample, rsd, topk_cache."
+      f"unknown job {job!r}; jobs: train, rl, study, eval, sample, rsd,"
+      " topk_cache, ssb_data."
   )

@@ -207,3 +207,19 @@ def test_sharded_forward_equals_single_device(mesh_shape):
   assert len(embed.sharding.device_set) == 8
   assert embed.addressable_shards[0].data.size < embed.size
   np.testing.assert_allclose(np.asarray(out), single, atol=1e-5, rtol=1e-5)
+
+
+def test_sharded_init_equals_eager_init():
+  """With a mesh, every device initialises only its shards; same values."""
+  cfg = models.get_config("tiny-qwen2", num_heads=8, num_kv_heads=4, head_dim=8)
+  eager = nnx.state(models.init_model(cfg, seed=3))
+  mesh = sharding.make_mesh((2, 2, 2))
+  sharded = nnx.state(models.init_model(cfg, seed=3, mesh=mesh))
+  embed = sharded["embed_VD"].get_value()
+  assert (
+      embed.sharding.spec
+      == sharding.state_shardings(eager, mesh)["embed_VD"].get_value().spec
+  )
+  assert embed.addressable_shards[0].data.size < embed.size
+  # Same random draws; jit may fuse the scaling (1-ulp differences).
+  testing.assert_trees_close(eager, sharded, atol=1e-7, rtol=1e-6)

@@ -336,9 +336,25 @@ class Transformer(nnx.Module):
     return logits if cache is None else (logits, new_cache)
 
 
-def init_model(cfg: Config, seed: int = 0) -> Transformer:
-  """A randomly initialised model (eager, on the default device)."""
-  return Transformer(cfg, rngs=nnx.Rngs(seed))
+def init_model(cfg: Config, seed: int = 0, mesh=None) -> Transformer:
+  """A randomly initialised model.
+
+  Without a mesh it is built eagerly on the default device. With a mesh the
+  initialiser is jitted with every parameter's sharding as its output
+  sharding, so each device materialises only its own shards (a 7B model
+  never exists whole on one device); the values equal the eager ones up to
+  float rounding (jit may fuse the initialiser scaling).
+  """
+  if mesh is None:
+    return Transformer(cfg, rngs=nnx.Rngs(seed))
+  graphdef, abstract = nnx.split(abstract_model(cfg))
+  shardings = sharding.state_shardings(abstract, mesh)
+
+  def init():
+    return nnx.state(Transformer(cfg, rngs=nnx.Rngs(seed)))
+
+  state = jax.jit(init, out_shardings=shardings)()
+  return nnx.merge(graphdef, state)
 
 
 def abstract_model(cfg: Config) -> Transformer:

@@ -12,7 +12,8 @@ is differentiated and donated.
 Adding a method: write a ``Method`` (loss + normalisers) here, register it
 in ``METHODS``, and add a config.
 
-Legend: M micro-batches, B batch, L length, D d_model, V vocab.
+Legend: M micro-batches, B batch, L length, D d_model, V vocab, K cached
+top-k entries.
 """
 
 from __future__ import annotations
@@ -113,14 +114,14 @@ def sft_loss(student, frozen, mb, norms, cfg):
   )
 
 
-def distill_loss(student, frozen, mb, norms, cfg):
-  """Token-level divergence to a teacher fused into the step (METHODS §7)."""
-  teacher = frozen["teacher"]
+def _kd_mask(mb: Batch, cfg: Any) -> jax.Array:
   if cfg.get("mask_mode", "completion") == "attention":
-    mask = _attention_targets_mask(mb)
-  else:
-    mask = mb["completion_mask"][:, 1:]
-  kw = dict(
+    return _attention_targets_mask(mb)
+  return mb["completion_mask"][:, 1:]
+
+
+def _kd_kwargs(norms, cfg) -> dict[str, Any]:
+  return dict(
       temperature=float(cfg.get("temperature", 1.0)),
       tau_sq=bool(cfg.get("tau_sq", True)),
       beta=float(cfg.get("beta", 0.5)),
@@ -128,10 +129,63 @@ def distill_loss(student, frozen, mb, norms, cfg):
       normalizer=norms["tokens"],
       vocab_size=cfg.get("vocab_size") or None,
   )
+
+
+def _topk_kd(h_s, w_s, ids, lps, mask, norms, cfg, prefix="distill"):
+  """Divergence of the student to top-k teacher rows (METHODS §0.1).
+
+  ``ids``/``lps`` ``[B, L-1, K]`` are aligned with ``h_s`` (row t predicts
+  token t + 1) and were recorded at ``cfg['teacher_temperature']``
+  (default: the loss temperature).
+  """
+  kw = _kd_kwargs(norms, cfg)
+  tau_rec = float(cfg.get("teacher_temperature") or kw["temperature"])
+  kw.update(
+      mode=str(cfg.get("topk_mode", "tail_bucket")),
+      divergence=str(cfg.get("divergence", "fkl")),
+      teacher_temperature=tau_rec,
+      prefix=prefix,
+  )
+  if cfg.get("chunked", True):
+    return losses.chunked_topk_divergence(
+        h_s,
+        w_s,
+        ids,
+        lps,
+        mask,
+        chunk_size=int(cfg.get("chunk_size", 96)),
+        **kw,
+    )
+  return losses.topk_divergence(
+      h_s @ w_s.astype(h_s.dtype), ids, lps, mask, **kw
+  )
+
+
+def distill_loss(student, frozen, mb, norms, cfg):
+  """Token-level divergence to a teacher fused into the step (METHODS §7).
+
+  With ``cfg['topk'] = k > 0`` the teacher's live distribution is cut to its
+  top k at ``teacher_temperature`` and compared as a top-k cache would be
+  (``topk_mode``): the on-the-fly twin of ``distill_cache``. That path forms
+  the teacher's [B, L, V] log-probs (it exists as a reference and for small
+  vocabularies); the default full-distribution path is vocab-chunked.
+  """
+  teacher = frozen["teacher"]
+  mask = _kd_mask(mb, cfg)
+  kw = _kd_kwargs(norms, cfg)
   name = str(cfg.get("divergence", "fkl"))
   h_s = _hidden(student, mb)
   h_t = jax.lax.stop_gradient(_hidden(teacher, mb))
   w_t = jax.lax.stop_gradient(teacher.unembedding_DV())
+  k = int(cfg.get("topk", 0) or 0)
+  if k:
+    zt = h_t @ w_t.astype(h_t.dtype)
+    if kw["vocab_size"]:
+      zt = zt[..., : kw["vocab_size"]]
+    tau_rec = float(cfg.get("teacher_temperature") or kw["temperature"])
+    lp_t = jax.nn.log_softmax(zt.astype(jnp.float32) / tau_rec, axis=-1)
+    lps, ids = jax.lax.top_k(jax.lax.stop_gradient(lp_t), k)
+    return _topk_kd(h_s, student.unembedding_DV(), ids, lps, mask, norms, cfg)
   if cfg.get("chunked", True):
     return losses.chunked_divergence(
         name,
@@ -146,6 +200,63 @@ def distill_loss(student, frozen, mb, norms, cfg):
   zs = h_s @ student.unembedding_DV().astype(h_s.dtype)
   zt = h_t @ w_t.astype(h_t.dtype)
   return losses.divergence(name, zs, zt, mask, **kw)
+
+
+def _cached_rows(mb: Batch) -> tuple[jax.Array, jax.Array]:
+  """The cached teacher rows predicting tokens 1..L-1 (drop the last)."""
+  return (
+      mb["teacher_topk_ids"][:, :-1],
+      mb["teacher_topk_logprobs"][:, :-1],
+  )
+
+
+def distill_cache_loss(student, frozen, mb, norms, cfg):
+  """Offline KD from a teacher top-k cache (METHODS §0.1, §7); no teacher."""
+  del frozen
+  ids, lps = _cached_rows(mb)
+  return _topk_kd(
+      _hidden(student, mb),
+      student.unembedding_DV(),
+      ids,
+      lps,
+      _kd_mask(mb, cfg),
+      norms,
+      cfg,
+  )
+
+
+def ssb_loss(student, frozen, mb, norms, cfg):
+  """SSB: λ_KD·T²·KL(p_T || q_T) + λ_CE·CE on the reply rows (METHODS §8).
+
+  The teacher rows come from the hinted prompt (a cache written by the
+  ``ssb_data`` job, aligned to the student's ``question || reply`` rows);
+  both terms are pooled over the step's reply tokens (|M|).
+  """
+  del frozen
+  h = _hidden(student, mb)
+  w = student.unembedding_DV()
+  _, targets, mask = _shifted(mb)
+  ids, lps = _cached_rows(mb)
+  lam_kd = float(cfg.get("lambda_kd", 1.0))
+  lam_ce = float(cfg.get("lambda_ce", 0.0))
+  kd, metrics = _topk_kd(h, w, ids, lps, mask, norms, cfg, prefix="ssb")
+  loss = lam_kd * kd
+  metrics["ssb/kd_loss"] = metrics.pop("ssb/loss")
+  if lam_ce:
+    ce, ce_metrics = losses.chunked_cross_entropy(
+        h,
+        w,
+        targets,
+        mask,
+        normalizer=norms["tokens"],
+        vocab_size=cfg.get("vocab_size") or None,
+        chunk_size=int(cfg.get("chunk_size", 96)),
+        prefix="ssb_ce",
+    )
+    loss = loss + lam_ce * ce
+    metrics["ssb/ce_loss"] = ce_metrics["ssb_ce/loss"]
+  metrics["ssb/loss"] = jax.lax.stop_gradient(loss)
+  return loss, metrics
 
 
 def _pair_logprobs(student, mb, cfg):
@@ -203,11 +314,15 @@ def simpo_loss(student, frozen, mb, norms, cfg):
 METHODS: dict[str, Method] = {
     "sft": Method("sft", sft_loss, _token_norm),
     "distill": Method("distill", distill_loss, _token_norm, ("teacher",)),
+    "distill_cache": Method("distill_cache", distill_cache_loss, _token_norm),
+    "ssb": Method("ssb", ssb_loss, _token_norm),
     "redi": Method("redi", redi_loss, _pair_norm),
     "dpo": Method("dpo", dpo_loss, _pair_norm, ("ref",)),
     "simpo": Method("simpo", simpo_loss, _pair_norm),
 }
 PAIR_METHODS = ("redi", "dpo", "simpo")
+# Methods whose batches carry a teacher top-k cache (inputs.TopKBatches).
+CACHE_METHODS = ("distill_cache", "ssb")
 
 
 def get_method(name: str) -> Method:
@@ -247,7 +362,7 @@ def _reduce_metric(name: str, v_M: jax.Array) -> jax.Array:
   """Across micro-batches: losses (already divided by the step-global
   normaliser) and counts add up; other diagnostics are averaged."""
   leaf = name.rsplit("/", 1)[-1]
-  if leaf == "loss" or leaf.startswith("num_"):
+  if leaf == "loss" or leaf.endswith("_loss") or leaf.startswith("num_"):
     return jnp.sum(v_M)
   return jnp.mean(v_M)
 

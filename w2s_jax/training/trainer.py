@@ -37,15 +37,35 @@ from w2s_jax.training import checkpoint, inputs, lora, metrics, optim, steps
 log = logging.getLogger(__name__)
 
 
+# Method-specific range checks, run with config_lib's at job start.
+_METHOD_CHECKS = {
+    "ssb": [
+        ("loss.lambda_kd", lambda x: float(x) >= 0, ">= 0"),
+        ("loss.lambda_ce", lambda x: float(x) >= 0, ">= 0"),
+    ],
+}
+_TOPK_MODE = (
+    "loss.topk_mode",
+    lambda x: x in ("tail_bucket", "renormalized", "sparse_fkl"),
+    "'tail_bucket', 'renormalized' or 'sparse_fkl'",
+)
+_METHOD_CHECKS["ssb"].append(_TOPK_MODE)
+_METHOD_CHECKS["distill_cache"] = [_TOPK_MODE]
+
+
 def build_model(
     mcfg: Any, tokenizer=None, mesh=None
 ) -> transformer.Transformer:
   """A model from a config section: ``hf_path`` or a ``preset`` (+ overrides)."""
-  if mcfg.get("hf_path"):
-    return hf_io.load_pretrained(
-        mcfg.hf_path, dtype=mcfg.get("dtype") or None, mesh=mesh
-    )
   overrides = dict(mcfg.get("overrides") or {})
+  if mcfg.get("hf_path"):
+    # Only run-time fields apply to a checkpoint; its architecture is fixed.
+    runtime = {
+        k: overrides[k] for k in ("remat", "max_len") if overrides.get(k)
+    }
+    return hf_io.load_pretrained(
+        mcfg.hf_path, dtype=mcfg.get("dtype") or None, mesh=mesh, **runtime
+    )
   if tokenizer is not None and not overrides.get("vocab_size"):
     overrides["vocab_size"] = tokenizer.vocab_size
   overrides = {k: v for k, v in overrides.items() if v not in (None, 0, "")}
@@ -53,13 +73,7 @@ def build_model(
     overrides.setdefault("param_dtype", mcfg.dtype)
     overrides.setdefault("dtype", mcfg.dtype)
   cfg = model_config.get_config(mcfg.preset, **overrides)
-  model = transformer.init_model(cfg, seed=int(mcfg.get("seed", 0)))
-  if mesh is not None:
-    state = nnx.state(model)
-    nnx.update(
-        model, jax.device_put(state, sharding.state_shardings(state, mesh))
-    )
-  return model
+  return transformer.init_model(cfg, seed=int(mcfg.get("seed", 0)), mesh=mesh)
 
 
 def _check_vocab(student, other, name: str, tokenizer) -> None:
@@ -126,27 +140,27 @@ def train_and_evaluate(
     eval_fn: optional ``(model, step) -> dict`` run every
       ``train.eval_every`` steps and at the end.
   """
-  config_lib.validate(config)
+  config_lib.validate(config, _METHOD_CHECKS.get(str(config.method), ()))
   os.makedirs(workdir, exist_ok=True)
   tcfg, lcfg = config.train, config.loss
   method = steps.get_method(config.method)
   mesh = sharding.make_mesh(tuple(config.get("mesh_shape", (-1, 1, 1))))
 
-  with jax.set_mesh(mesh):
-    tokenizer = inputs.load_tokenizer(config.data.tokenizer, workdir)
-    student = build_model(config.student, tokenizer, mesh)
-    frozen_models = {}
-    if "teacher" in method.frozen:
-      if config.teacher.get("tokenizer"):
-        t_tok = inputs.load_tokenizer(config.teacher.tokenizer, workdir)
-        tokenizers_lib.check_compatible(
-            tokenizer, t_tok, what="student/teacher"
-        )
-      frozen_models["teacher"] = build_model(config.teacher, tokenizer, mesh)
-      _check_vocab(student, frozen_models["teacher"], "teacher", tokenizer)
-    if "ref" in method.frozen:
-      frozen_models["ref"] = build_model(config.student, tokenizer, mesh)
+  # Models are built (and sharded on arrival) before the mesh becomes the
+  # ambient one: abstract HF loading resolves logical axes itself.
+  tokenizer = inputs.load_tokenizer(config.data.tokenizer, workdir)
+  student = build_model(config.student, tokenizer, mesh)
+  frozen_models = {}
+  if "teacher" in method.frozen:
+    if config.teacher.get("tokenizer"):
+      t_tok = inputs.load_tokenizer(config.teacher.tokenizer, workdir)
+      tokenizers_lib.check_compatible(tokenizer, t_tok, what="student/teacher")
+    frozen_models["teacher"] = build_model(config.teacher, tokenizer, mesh)
+    _check_vocab(student, frozen_models["teacher"], "teacher", tokenizer)
+  if "ref" in method.frozen:
+    frozen_models["ref"] = build_model(config.student, tokenizer, mesh)
 
+  with jax.set_mesh(mesh):
     s_graphdef, s_state = nnx.split(student)
     frozen, frozen_graphdefs = {}, {}
     for name, m in frozen_models.items():
@@ -171,16 +185,17 @@ def train_and_evaluate(
         "step": jnp.zeros((), jnp.int32),
     }
     global_batch = int(tcfg.batch_size)
-    if global_batch % jax.process_count():
-      raise ValueError(
-          f"train.batch_size {global_batch} is not divisible by the"
-          f" {jax.process_count()} processes."
-      )
-    host_batch = global_batch // jax.process_count()
+    micro = int(tcfg.micro_batches)
+    # Every process builds the global batch and keeps its rows, laid out so
+    # that P processes see exactly the micro-batches of one (inputs).
     batches = inputs.make_batches(
-        config.method, config.data, tokenizer, host_batch, int(config.seed)
+        config.method,
+        config.data,
+        tokenizer,
+        global_batch,
+        int(config.seed),
+        micro_batches=micro,
     )
-
     ckpt = checkpoint.Checkpointer(
         os.path.join(workdir, "checkpoints"),
         save_every=int(tcfg.save_every),
@@ -194,6 +209,8 @@ def train_and_evaluate(
     config_lib.save_resolved(config, workdir)
 
     loss_cfg = dict(lcfg.to_dict())
+    if config.method in steps.CACHE_METHODS:
+      loss_cfg.update(_cache_loss_cfg(batches.reader.header, loss_cfg))
     spec = steps.StepSpec(
         method=method,
         student_graphdef=s_graphdef,
@@ -204,7 +221,6 @@ def train_and_evaluate(
         lora_alpha=float(config.get("lora", {}).get("alpha", 16.0)),
         schedule=schedule,
     )
-    micro = int(tcfg.micro_batches)
     first = _to_device(inputs.split_micro(next(batches), micro), mesh)
     step_fn = jax.jit(steps.make_train_step(spec), donate_argnums=(0,))
     compiled = step_fn.lower(train_state, frozen, first).compile()
@@ -299,13 +315,46 @@ def train_and_evaluate(
       writer.write(final_step, result)
       last.update(result)
     writer.close()
-    if (
-        final_step == total
-        and jax.process_index() == 0
-        and tcfg.get("export", True)
-    ):
-      hf_io.save_pretrained(model, os.path.join(workdir, "export"))
+    if final_step == total and tcfg.get("export", True):
+      export_model(model, os.path.join(workdir, "export"))
   return last
+
+
+def export_model(model: transformer.Transformer, path: str) -> None:
+  """Writes ``model`` as an HF checkpoint; every process must call it.
+
+  With several processes the parameters are sharded across hosts, so they
+  are first gathered (a collective) and process 0 alone writes.
+  """
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    graphdef, state = nnx.split(model)
+    model = nnx.merge(
+        graphdef, multihost_utils.process_allgather(state, tiled=True)
+    )
+  if jax.process_index() == 0:
+    hf_io.save_pretrained(model, path)
+
+
+def _cache_loss_cfg(header: Any, loss_cfg: dict[str, Any]) -> dict[str, Any]:
+  """The cache's recording temperature, checked against the loss's.
+
+  Raises:
+    ValueError: a tail_bucket / sparse_fkl loss at a temperature other than
+      the cache's (the tail mass at another temperature is unknown).
+  """
+  mode = str(loss_cfg.get("topk_mode", "tail_bucket"))
+  tau = float(loss_cfg.get("temperature", 1.0))
+  if mode != "renormalized" and abs(tau - header.temperature) > 1e-6 * tau:
+    raise ValueError(
+        f"loss.temperature={tau} but the top-k cache was recorded at"
+        f" {header.temperature}; with loss.topk_mode={mode!r} they must match."
+        f" Set --config.loss.temperature={header.temperature}, rebuild the"
+        " cache at the loss temperature, or use"
+        " --config.loss.topk_mode=renormalized."
+    )
+  return {"teacher_temperature": float(header.temperature)}
 
 
 def _student(spec, graphdef, train_state, frozen) -> transformer.Transformer:
