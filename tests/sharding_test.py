@@ -69,3 +69,69 @@ def test_shard_is_identity_without_mesh():
 def test_unknown_logical_axis():
   with pytest.raises(KeyError, match=r"'nope' has no rule"):
     sharding.logical_to_spec(("nope",), (4,), sharding.make_mesh((8, 1, 1)))
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((3, -1, 1), r"cannot fill 8 devices: 8 is not divisible by 3"),
+        ((-1, -1, 2), r"at most one axis may be -1"),
+        ((2, 4), r"must have 3 entries for axes \('data', 'fsdp', 'tensor'\)"),
+        ((0, 8, 1), r"axis 'data' has size 0; sizes must be positive"),
+        ((2, -2, 1), r"axis 'fsdp' has size -2"),
+        ({"model": 8}, r"unknown axes \['model'\]; valid axes"),
+        ((16, 1, 1), r"needs 16 devices but 8 are available"),
+    ],
+)
+def test_bad_mesh_shapes_name_the_problem(shape, match):
+  with pytest.raises(ValueError, match=match):
+    sharding.make_mesh(shape)
+
+
+def test_mesh_over_explicit_devices():
+  mesh = sharding.make_mesh((2, 2, 1), devices=jax.devices()[:4])
+  assert mesh.devices.shape == (2, 2, 1)
+  assert [d.id for d in mesh.devices.ravel()] == [0, 1, 2, 3]
+  with pytest.raises(ValueError, match=r"needs 8 devices but 4 are available"):
+    sharding.make_mesh((8, 1, 1), devices=jax.devices()[:4])
+
+
+def test_strict_names_kv_heads_not_divisible_by_tensor():
+  # tiny-llama's 2 kv heads cannot be split 8 ways on 'tensor'.
+  state = nnx.state(models.abstract_model(models.get_config("tiny-llama")))
+  with pytest.raises(
+      ValueError,
+      match=r"parameter \['blocks'\]\[0\]\['attn'\]\['k_DKH'\] of shape"
+      r" \(64, 2, 16\): mesh axes \('tensor',\) of total size 8 do not divide"
+      r" dimension 2",
+  ):
+    sharding.state_shardings(state, sharding.make_mesh((1, 1, 8)), strict=True)
+
+
+def test_dropped_axes_lists_replicated_dimensions():
+  state = nnx.state(models.abstract_model(models.get_config("tiny-qwen2")))
+  # tiny-qwen2: 4 heads, 2 kv heads. tensor=4 keeps the heads sharded and
+  # drops it for the kv projections (and their biases) only.
+  dropped = sharding.dropped_axes(state, sharding.make_mesh((2, 1, 4)))
+  assert dropped == [
+      f"['blocks'][{i}]['attn']['{p}'] dim {d} (size 2): tensor=4 dropped"
+      for i in (0, 1)
+      for p, d in (
+          ("k_DKH", 1),
+          ("k_bias_KH", 0),
+          ("v_DKH", 1),
+          ("v_bias_KH", 0),
+      )
+  ]
+  assert sharding.dropped_axes(state, sharding.make_mesh((2, 2, 2))) == []
+
+
+def test_batch_spans_data_and_fsdp_when_both_divide():
+  mesh = sharding.make_mesh((2, 2, 2))
+  assert sharding.logical_to_spec(("batch", None), (8, 3), mesh) == P(
+      ("data", "fsdp"), None
+  )
+  # 6 rows: 'data' (2) divides, 'data' x 'fsdp' (4) does not.
+  assert sharding.logical_to_spec(("batch", None), (6, 3), mesh) == P(
+      "data", None
+  )

@@ -36,6 +36,7 @@ USER_ERRORS = (
     NotADirectoryError,
     PermissionError,
     KeyError,
+    TimeoutError,  # an unreachable jax.distributed coordinator
 )
 
 
@@ -71,7 +72,7 @@ def _main(argv):
   config_lib.prepare_workdir(workdir)
   distributed.maybe_initialize(config)
   result = run_job(config, workdir)
-  if isinstance(result, dict) and result:
+  if isinstance(result, dict) and result and distributed.is_primary():
     print(json.dumps({"final": result}, sort_keys=True, default=str))
 
 

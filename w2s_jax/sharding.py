@@ -110,6 +110,13 @@ def make_mesh(
     )
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
+  for axis, size in zip(MESH_AXES, shape):
+    if size == 0 or size < -1:
+      raise ValueError(
+          f"mesh shape {shape}: axis {axis!r} has size {size}; sizes must be"
+          " positive, or -1 for the one axis that takes the remaining"
+          " devices."
+      )
   if shape.count(-1) > 1:
     raise ValueError(f"mesh shape {shape}: at most one axis may be -1.")
   if -1 in shape:
@@ -205,6 +212,37 @@ def logical_names(state: Any) -> Any:
   return jax.tree.map(names, state, is_leaf=_is_variable)
 
 
+def dropped_axes(
+    state: Any, mesh: Mesh, rules: Rules | None = None
+) -> list[str]:
+  """Parameters whose dimensions a mesh axis does not divide.
+
+  Such a dimension is replicated instead of sharded (see ``logical_to_spec``):
+  correct, but it costs memory. One line per parameter and dimension, e.g.
+  ``['blocks'][0]['attn']['k_DKH'] dim 1 (size 2): tensor=4 dropped``, for a
+  start-up log or a strict check.
+  """
+  rules = current_rules() if rules is None else rules
+  sizes = _mesh_axis_sizes(mesh)
+  flat, _ = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_variable)
+  out = []
+  for path, v in flat:
+    shape = np.shape(v.get_value())
+    names = v.get_metadata().get("out_sharding") or (None,) * len(shape)
+    wanted = logical_to_spec(names, None, mesh, rules)
+    got = logical_to_spec(names, shape, mesh, rules)
+    for i, (dim, w, g) in enumerate(zip(shape, wanted, got)):
+      w = (w,) if isinstance(w, str) else tuple(w or ())
+      g = (g,) if isinstance(g, str) else tuple(g or ())
+      lost = [f"{a}={sizes[a]}" for a in w if a not in g]
+      if lost:
+        out.append(
+            f"{jax.tree_util.keystr(path)} dim {i} (size {dim}):"
+            f" {', '.join(lost)} dropped"
+        )
+  return out
+
+
 def state_shardings(
     state: Any, mesh: Mesh, rules: Rules | None = None, strict: bool = False
 ) -> Any:
@@ -216,6 +254,10 @@ def state_shardings(
     rules: the logical->mesh table; defaults to the active one.
     strict: raise (naming the parameter) when a mesh axis does not divide the
       dimension it is meant to shard, instead of replicating that dimension.
+
+  Raises:
+    ValueError: with ``strict``, for the first parameter a mesh axis does not
+      divide.
   """
   rules = current_rules() if rules is None else rules
   sizes = _mesh_axis_sizes(mesh)
