@@ -130,6 +130,14 @@ CHECKS: list[Check] = [
     ("optim.b1", lambda x: 0 <= x < 1, "in [0, 1)"),
     ("optim.b2", lambda x: 0 <= x < 1, "in [0, 1)"),
     ("train.steps", lambda x: int(x) >= 0, ">= 0"),
+    ("distributed", lambda x: x in ("auto", "on", "off"), "auto, on or off"),
+    ("num_processes", lambda x: int(x) >= 0, ">= 0 (0 = detect)"),
+    ("process_id", lambda x: int(x) >= -1, ">= 0, or -1 to detect"),
+    (
+        "initialization_timeout",
+        lambda x: int(x) >= 0,
+        ">= 0 seconds (0 = default)",
+    ),
     ("train.batch_size", lambda x: int(x) > 0, "> 0"),
     ("train.micro_batches", lambda x: int(x) > 0, "> 0"),
     ("train.save_every", lambda x: int(x) > 0, "> 0"),
@@ -149,6 +157,47 @@ CHECKS: list[Check] = [
     ("sample.top_p", lambda x: 0 < x <= 1, "in (0, 1]"),
     ("sample.num_samples", lambda x: int(x) > 0, "> 0"),
     ("sample.max_new_tokens", lambda x: int(x) > 0, "> 0"),
+    # RL (job 'rl': grpo, kdrl, ampo, gkd).
+    ("rl.group_size", lambda x: int(x) >= 1, ">= 1"),
+    ("rl.prompts_per_step", lambda x: int(x) >= 1, ">= 1"),
+    ("rl.max_new_tokens", lambda x: int(x) > 0, "> 0"),
+    ("rl.temperature", _pos, "> 0 (RL samples; greedy rollouts are identical)"),
+    ("rl.top_p", lambda x: 0 < x <= 1, "in (0, 1]"),
+    ("rl.updates_per_rollout", lambda x: int(x) >= 1, ">= 1"),
+    ("rl.eps", _nonneg, ">= 0"),
+    ("rl.max_resample_batches", lambda x: int(x) >= 0, ">= 0"),
+    ("rl.overlong_buffer", lambda x: int(x) >= 0, ">= 0 (0 disables it)"),
+    ("rl.overlong_factor", _nonneg, ">= 0"),
+    ("rl.reward_timeout_s", _pos, "> 0 seconds"),
+    ("rl.reward_workers", lambda x: int(x) >= 0, ">= 0 (0 = in-process)"),
+    ("rl.ampo_max_teachers", lambda x: int(x) >= 1, ">= 1"),
+    (
+        "rl.reward",
+        lambda x: x in ("correct", "surrogate", "format", "ampo", "fn"),
+        "one of 'correct', 'surrogate', 'format', 'ampo', 'fn'",
+    ),
+    (
+        "rl.task",
+        lambda x: x in ("synthetic", "gsm8k", "math"),
+        "one of 'synthetic', 'gsm8k', 'math'",
+    ),
+    ("loss.epsilon_low", lambda x: 0 <= x < 1, "in [0, 1)"),
+    ("loss.epsilon_high", _nonneg, ">= 0"),
+    ("loss.dual_clip", lambda x: x == 0 or x > 1, "0 (off) or > 1"),
+    ("loss.beta_ref", _nonneg, ">= 0"),
+    ("loss.kl_estimator", lambda x: x in ("k1", "k2", "k3"), "k1, k2 or k3"),
+    ("loss.kd_estimator", lambda x: x in ("k1", "k2", "k3"), "k1, k2 or k3"),
+    (
+        "loss.kd_masking",
+        lambda x: x in ("none", "response", "group"),
+        "'none', 'response' or 'group'",
+    ),
+    ("loss.kd_beta_init", _nonneg, ">= 0"),
+    ("loss.kd_beta_min", _nonneg, ">= 0"),
+    ("loss.kd_beta_decay", _nonneg, ">= 0 (0 = constant beta)"),
+    ("loss.entropy_coef", _nonneg, ">= 0"),
+    ("loss.off_policy_gamma", _pos, "> 0"),
+    ("loss.pg_temperature", _pos, "> 0"),
 ]
 
 
@@ -173,6 +222,8 @@ def validate(
     checks.append(("loss.beta", _pos, "> 0 (the preference temperature)"))
   else:  # JSD's mixture weight
     checks.append(("loss.beta", _in01, "in [0, 1]"))
+  if _get(cfg, "job") == "rl":
+    _validate_rl(cfg)
   for key, ok, what in [*checks, *extra]:
     value = _get(cfg, key)
     if value is _MISSING or value is None:
@@ -186,6 +237,50 @@ def validate(
           f"config value {key}={value!r} is invalid: it must be {what}; fix it"
           f" with --config.{key}=..."
       )
+
+
+def _validate_rl(cfg: ml_collections.ConfigDict) -> None:
+  """Cross-key checks of an RL config (ranges are in CHECKS)."""
+  g, std = _get(cfg, "rl.group_size"), _get(cfg, "rl.std_normalize")
+  if std is True and g is not _MISSING and int(g) < 2:
+    raise ValueError(
+        f"config value rl.group_size={g} is invalid with rl.std_normalize=True:"
+        " the group std (ddof=1) needs at least 2 rollouts per prompt; fix it"
+        " with --config.rl.group_size=8 (or --config.rl.std_normalize=False)."
+    )
+  buf, t = _get(cfg, "rl.overlong_buffer"), _get(cfg, "rl.max_new_tokens")
+  if buf is not _MISSING and t is not _MISSING and int(buf) > int(t):
+    raise ValueError(
+        f"config value rl.overlong_buffer={buf} exceeds rl.max_new_tokens={t};"
+        " fix it with --config.rl.overlong_buffer=<= max_new_tokens (0 = off)."
+    )
+  kd_min, kd_init = _get(cfg, "loss.kd_beta_min"), _get(
+      cfg, "loss.kd_beta_init"
+  )
+  if kd_min is not _MISSING and kd_init is not _MISSING and kd_min > kd_init:
+    raise ValueError(
+        f"config value loss.kd_beta_min={kd_min} exceeds loss.kd_beta_init="
+        f"{kd_init}; fix it with --config.loss.kd_beta_min=<= kd_beta_init."
+    )
+
+
+def set_keys(cfg: ml_collections.ConfigDict, values: dict[str, Any]) -> None:
+  """Sets ``{'a.b.c': v}`` as ``cfg.a.b.c = v``; unknown keys raise KeyError."""
+  for key, value in values.items():
+    *parents, leaf = key.split(".")
+    node = cfg
+    for i, part in enumerate(parents):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        raise KeyError(
+            f"config has no section {'.'.join(parents[: i + 1])!r} (setting"
+            f" {key!r})."
+        )
+      node = node[part]
+    if leaf not in node:
+      raise KeyError(
+          f"config has no key {key!r}; valid keys there: {sorted(node.keys())}."
+      )
+    node[leaf] = value
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -279,6 +374,15 @@ def train_config(method: str) -> ml_collections.ConfigDict:
   c.method = method
   c.seed = 0
   c.mesh_shape = (-1, 1, 1)
+  # Multi-process start-up (w2s_jax/distributed.py): 'auto' | 'on' | 'off';
+  # '' / 0 / -1 leave the coordinates to jax's SLURM/TPU detection.
+  c.distributed = "auto"
+  c.coordinator_address = ""
+  c.num_processes = 0
+  c.process_id = -1
+  c.initialization_timeout = (
+      0  # seconds; 0 = $JAX_INITIALIZATION_TIMEOUT or 300
+  )
   c.student = model_section()
   c.teacher = model_section(seed=1)
   c.data = ml_collections.ConfigDict(

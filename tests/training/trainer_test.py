@@ -53,12 +53,7 @@ def _cfg(spec, **over):
   cfg.student.overrides.num_layers = 1
   cfg.student.overrides.mlp_dim = 64
   cfg.train.tensorboard = False
-  for k, v in over.items():
-    node = cfg
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
+  config_lib.set_keys(cfg, over)
   return cfg
 
 

@@ -1,0 +1,386 @@
+"""The RL host loop: ``train_and_evaluate(config, workdir)`` for job 'rl'.
+
+Per step: rollouts on the current student (``rollouts.Roller``; prompts from
+``rl_problems``, graded in ``rl_rewards`` worker processes with a deadline
+per completion unless ``rl.reward_workers=0``), one jitted
+scoring call (student π_old, reference and teacher log-probs of the sampled
+tokens, ``rl_steps.make_score_fn``), then ``rl.updates_per_rollout`` clipped
+updates through ``steps.make_train_step`` with π_old fixed. GKD skips the
+scoring: its update fuses the teacher (JSD on full distributions).
+
+Models: the student (``student.hf_path`` or a preset) is the only state that
+is trained, donated and checkpointed; the teacher (KDRL, GKD) and the
+reference (a frozen copy of the initial student, built again from
+``config.student`` so that a resumed run gets the same one, only when
+β_ref > 0) are never written.
+
+Host loop conventions follow ``trainer``: AOT-compiled update with donation,
+Checkpointer (params + optimizer + step + PRNG key + prompt iterator; resume
+is exact), MetricWriter (rewards, accuracy, lengths, clip fraction, KD term,
+wall time per phase and the host share), tqdm, NaN stop, SIGTERM save, and
+the export of the final student to ``workdir/export``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from flax import nnx
+
+from w2s_jax import config_lib, losses, sharding
+from w2s_jax.data import tokenizers as tokenizers_lib
+from w2s_jax.training import (
+    checkpoint,
+    inputs,
+    metrics,
+    optim,
+    rl_problems,
+    rl_rewards,
+    rl_steps,
+    rollouts,
+    steps,
+    trainer,
+)
+
+log = logging.getLogger(__name__)
+
+
+def rollout_config(config: Any) -> rollouts.RolloutConfig:
+  """``config.rl`` (+ data.style, seed) as a ``RolloutConfig``."""
+  rl = config.rl
+  fields = {f for f in rollouts.RolloutConfig.__dataclass_fields__}
+  kw = {k: rl[k] for k in rl.keys() if k in fields}
+  kw["style"] = str(config.data.get("style", "terse"))
+  kw["seed"] = int(config.seed)
+  kw["ampo"] = config.method == "ampo"
+  return rollouts.RolloutConfig(**kw)
+
+
+def loss_config(config: Any) -> dict[str, Any]:
+  """``config.loss`` plus the RL facts the losses need (G, L_max, KD)."""
+  cfg = dict(config.loss.to_dict())
+  cfg["group_size"] = int(config.rl.group_size)
+  cfg.setdefault("max_len", int(config.rl.max_new_tokens))
+  if not cfg["max_len"]:
+    cfg["max_len"] = int(config.rl.max_new_tokens)
+  if config.method == "kdrl":
+    cfg["kd"] = True
+  return cfg
+
+
+def _check_config(config: Any) -> None:
+  if int(config.get("lora", {}).get("rank", 0)):
+    raise ValueError(
+        "job 'rl' does not support LoRA yet; set --config.lora.rank=0."
+    )
+  micro = int(config.train.micro_batches)
+  if int(config.rl.prompts_per_step) % micro:
+    raise ValueError(
+        f"rl.prompts_per_step={config.rl.prompts_per_step} must be divisible"
+        f" by train.micro_batches={micro} (groups must not straddle"
+        " micro-batches)."
+    )
+
+
+def _flat_step(train_step, micro: int):
+  """The update on a flat ``[B, ...]`` batch, split into ``micro``
+  micro-batches inside the jit (rows keep their order, so groups stay
+  contiguous)."""
+
+  def step(train_state, frozen, batch):
+    mb = {
+        k: v.reshape(micro, v.shape[0] // micro, *v.shape[1:])
+        for k, v in batch.items()
+    }
+    return train_step(train_state, frozen, mb)
+
+  return step
+
+
+def _key_data(key: jax.Array) -> np.ndarray:
+  return np.asarray(jax.random.key_data(key))
+
+
+def _build_models(config, method, need, mesh, workdir):
+  """(tokenizer, student, {'teacher'?, 'ref'?: model}) outside the mesh."""
+  tokenizer = inputs.load_tokenizer(config.data.tokenizer, workdir)
+  teacher = "teacher" in need or "teacher" in method.frozen
+  teacher = teacher or config.method == "kdrl"
+  if teacher and config.teacher.get("tokenizer"):
+    # Checked before any model is built: a mismatch fails in seconds.
+    t_tok = inputs.load_tokenizer(config.teacher.tokenizer, workdir)
+    tokenizers_lib.check_compatible(tokenizer, t_tok, what="student/teacher")
+  student = trainer.build_model(config.student, tokenizer, mesh)
+  others = {}
+  if teacher:
+    others["teacher"] = trainer.build_model(config.teacher, tokenizer, mesh)
+    trainer._check_vocab(student, others["teacher"], "teacher", tokenizer)  # noqa: SLF001
+  if "ref" in need:
+    # A frozen copy of the initial student, built again from its config.
+    others["ref"] = trainer.build_model(config.student, tokenizer, mesh)
+  return tokenizer, student, others
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) one RL job; returns the last host metrics."""
+  config_lib.validate(config)
+  _check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  method_name = str(config.method)
+  method = rl_steps.get_method(method_name)
+  loss_cfg = loss_config(config)
+  need = rl_steps.score_needs(method_name, loss_cfg)
+  total = int(config.train.steps)
+  updates = int(config.rl.updates_per_rollout)
+  mesh = sharding.make_mesh(tuple(config.get("mesh_shape", (-1, 1, 1))))
+
+  # Models are built (and sharded on arrival) before the mesh becomes the
+  # ambient one, as in ``trainer``: their initialisers resolve logical axes.
+  tokenizer, student, others = _build_models(
+      config, method, need, mesh, workdir
+  )
+  with jax.set_mesh(mesh):
+    frozen: dict[str, Any] = {}
+    graphdefs: dict[str, Any] = {}
+    for name, model in others.items():
+      graphdefs[name], frozen[name] = nnx.split(model)
+    s_graphdef, s_state = nnx.split(student)
+    vocab = int(loss_cfg.get("vocab_size") or 0) or None
+
+    tx, schedule = optim.from_config(config.optim, max(total * updates, 1))
+    train_state = {
+        "params": s_state,
+        "opt": tx.init(s_state),
+        "step": jnp.zeros((), jnp.int32),
+    }
+    rng = _key_data(jax.random.key(int(config.seed)))
+    problems = rl_problems.build_problems(
+        method_name, config.data, config.rl, tokenizer
+    )
+    source = rl_problems.PromptSource(problems, int(config.seed))
+    ckpt = checkpoint.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        save_every=int(config.train.save_every),
+        keep=int(config.train.keep),
+    )
+    start = 0
+    if ckpt.latest_step() is not None:
+      saved, meta, start = ckpt.restore({**train_state, "rng": rng})
+      rng = np.asarray(saved.pop("rng"))
+      train_state = saved
+      source.set_state(meta["prompts"])
+      log.info("resumed from step %d", start)
+    config_lib.save_resolved(config, workdir)
+    base_key = jax.random.wrap_key_data(jnp.asarray(rng))
+
+    spec = steps.StepSpec(
+        method=method,
+        student_graphdef=s_graphdef,
+        frozen_graphdefs={k: graphdefs[k] for k in method.frozen},
+        tx=tx,
+        loss_cfg=loss_cfg,
+        schedule=schedule,
+    )
+    update_frozen = {k: frozen[k] for k in method.frozen}
+    update_fn = jax.jit(
+        _flat_step(
+            steps.make_train_step(spec), int(config.train.micro_batches)
+        ),
+        donate_argnums=(0,),
+    )
+    score_frozen = {k: frozen[k] for k in need}
+    score_fn = jax.jit(rl_steps.make_score_fn(s_graphdef, graphdefs, loss_cfg))
+    student_lp = jax.jit(
+        lambda p, b: rl_steps.token_logprobs(
+            nnx.merge(s_graphdef, p), b, loss_cfg
+        )
+    )
+    roller = rollouts.Roller(
+        rollout_config(config),
+        tokenizer,
+        source,
+        s_graphdef,
+        student.cfg,
+        mesh=mesh,
+        logprob_fn=student_lp,
+        vocab_size=vocab,
+    )
+    loop = _Loop(
+        config, workdir, ckpt, roller, update_fn, score_fn, update_frozen,
+        score_frozen, mesh, base_key, rng,
+    )  # fmt: skip
+    try:
+      if method_name != "gkd":  # GKD grades nothing
+        # Started once the Roller has checked rl.reward and rl.reward_fn.
+        roller.pool = rl_rewards.make_reward_pool(
+            int(config.rl.get("reward_workers", rl_rewards.DEFAULT_WORKERS)),
+            float(config.rl.reward_timeout_s),
+            reward_fn=(
+                str(config.rl.reward_fn) if config.rl.reward == "fn" else ""
+            ),
+        )
+      train_state, last = loop.run(train_state, start, total)
+    finally:
+      if roller.pool is not None:
+        roller.pool.close()
+      ckpt.close()
+      loop.writer.close()
+    final_step = loop.done
+    if final_step == total and config.train.get("export", True):
+      model = nnx.merge(s_graphdef, train_state["params"])
+      trainer.export_model(model, os.path.join(workdir, "export"))
+  return last
+
+
+class _Loop:
+  """The per-step schedule; split out of ``train_and_evaluate`` for size."""
+
+  def __init__(
+      self, config, workdir, ckpt, roller, update_fn, score_fn, update_frozen,
+      score_frozen, mesh, base_key, rng,
+  ):  # fmt: skip
+    self.config, self.ckpt, self.roller = config, ckpt, roller
+    self.update_fn, self.score_fn = update_fn, score_fn
+    self.update_frozen, self.score_frozen = update_frozen, score_frozen
+    # The base key is checkpointed with the state; step keys fold the step
+    # in, so a resumed run draws exactly the samples of an uninterrupted one.
+    self.mesh, self.base_key, self.rng = mesh, base_key, rng
+    self.method = str(config.method)
+    self.lcfg = config.loss
+    self.updates = int(config.rl.updates_per_rollout)
+    self.writer = metrics.MetricWriter(
+        workdir, tensorboard=bool(config.train.get("tensorboard", True))
+    )
+    self.compiled = None
+    self.done = 0
+
+  def _kd_beta(self, step: int) -> float:
+    c = self.lcfg
+    return float(
+        losses.kdrl_beta(
+            step,
+            beta_init=float(c.get("kd_beta_init", 5e-3)),
+            beta_min=float(c.get("kd_beta_min", 1e-3)),
+            decay=float(c.get("kd_beta_decay", 5e-5)),
+        )
+    )
+
+  def one_step(self, train_state, step: int):
+    """Rollouts, scoring and updates of RL step ``step``."""
+    t0 = time.perf_counter()
+    key = jax.random.fold_in(self.base_key, step)
+    params = train_state["params"]
+    if self.method == "gkd":
+      batch, host, phase = self.roller.gkd_batch(
+          params, step, key, float(self.lcfg.get("lambda_on_policy", 0.5))
+      )
+    else:
+      batch, host, phase = self.roller.policy_batch(params, step, key)
+      batch["kd_beta"] = np.full(
+          batch["advantages"].shape, self._kd_beta(step), np.float32
+      )
+    t1 = time.perf_counter()
+    dev = self._flat(batch)
+    if self.method != "gkd":
+      # The scored log-probs stay on device and join the batch as they are:
+      # no host round trip between scoring and the updates.
+      dev.update(
+          jax.block_until_ready(self.score_fn(params, self.score_frozen, dev))
+      )
+    t2 = time.perf_counter()
+    if self.compiled is None:
+      self.compiled = self.update_fn.lower(
+          train_state, self.update_frozen, dev
+      ).compile()
+    t_c = time.perf_counter()
+    step_metrics = []
+    for _ in range(self.updates):
+      train_state, m = self.compiled(train_state, self.update_frozen, dev)
+      step_metrics.append(m)
+    host_m = [metrics.to_host(m) for m in step_metrics]
+    t3 = time.perf_counter()
+    out = dict(host_m[-1])
+    for k in out:  # clip fractions etc. averaged over the updates
+      out[k] = float(np.mean([h[k] for h in host_m]))
+    out.update(host)
+    total = t3 - t0 - (t_c - t2)
+    score = (t2 - t1) + phase.get("score", 0.0)
+    device = phase["sample"] + score + (t3 - t_c)
+    out.update({
+        "time/sample": phase["sample"],
+        "time/grade": phase["grade"],
+        "time/score": score,
+        "time/update": t3 - t_c,
+        "time/step": total,
+        "time/host_share": max(total - device, 0.0) / max(total, 1e-9),
+    })
+    return train_state, out
+
+  def _flat(self, batch):
+    return {k: self.roller.put(v) for k, v in batch.items()}
+
+  def _check(self, host: dict[str, float], step: int) -> None:
+    for k in ("train/loss", "train/param_norm"):
+      if not math.isfinite(host.get(k, 0.0)):
+        good = self.ckpt.latest_step()
+        raise FloatingPointError(
+            f"{k} is {host[k]} at step {step}; stopping. The last good"
+            f" checkpoint is step {good} in {self.ckpt.directory}; lower"
+            " optim.lr (or loss.kd_beta_init), then rerun to resume."
+        )
+
+  def run(self, train_state, start: int, total: int):
+    tcfg = self.config.train
+    log_every = int(tcfg.get("log_every", 10))
+    last: dict[str, float] = {}
+    self.done = start
+    with trainer._Sigterm() as sigterm:  # noqa: SLF001
+      bar = tqdm.tqdm(
+          range(start, total),
+          initial=start,
+          total=total,
+          desc=self.method,
+          disable=jax.process_index() != 0,
+      )
+      for step in bar:
+        train_state, host = self.one_step(train_state, step)
+        done = step + 1
+        self._check(host, done)
+        self.done, last = done, host
+        if done % log_every == 0 or done == total or sigterm.received:
+          self.writer.write(done, host)
+        must_save = (
+            done % self.ckpt.save_every == 0
+            or done == total
+            or sigterm.received
+        )
+        if must_save:
+          self.ckpt.save(
+              done,
+              {**train_state, "rng": self.rng},
+              {"prompts": self.roller.source.get_state()},
+              force=True,
+          )
+        bar.set_postfix(
+            reward=f"{host.get('rollout/reward_mean', 0.0):.3f}",
+            loss=f"{host['train/loss']:.4f}",
+        )
+        if sigterm.received:
+          log.warning("SIGTERM: saved step %d, exiting.", done)
+          print(
+              f"SIGTERM received: saved step {done} in {self.ckpt.directory}."
+          )
+          break
+        if done == int(tcfg.get("debug_kill_at", 0)):
+          self.ckpt.wait()
+          os.kill(os.getpid(), getattr(signal, str(tcfg.debug_kill_signal)))
+    return train_state, last
