@@ -21,7 +21,7 @@ $(VENV)/.installed-test: setup.py | $(VENV)/bin/python
 	touch $(VENV)/.installed $@
 
 demo: $(VENV)/.installed
-	$(PY) -m w2s_jax.demo --workdir=$(WORKDIR)
+	$(PY) -m w2s_jax.main --config=configs/study.py$(if $(STUDY_ARG),:$(STUDY_ARG)) --workdir=$(WORKDIR)
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)

@@ -223,3 +223,12 @@ def test_sharded_init_equals_eager_init():
   assert embed.addressable_shards[0].data.size < embed.size
   # Same random draws; jit may fuse the scaling (1-ulp differences).
   testing.assert_trees_close(eager, sharded, atol=1e-7, rtol=1e-6)
+
+
+def test_abstract_model_under_an_active_mesh():
+  """Logical axis names must not be resolved against the physical mesh."""
+  cfg = models.get_config("tiny-qwen2")
+  with jax.set_mesh(sharding.make_mesh((2, 2, 2))):
+    abstract = models.transformer.abstract_model(cfg)
+  shape = nnx.state(abstract)["embed_VD"].get_value().shape
+  assert shape == (cfg.vocab_size, cfg.d_model)

@@ -358,5 +358,12 @@ def init_model(cfg: Config, seed: int = 0, mesh=None) -> Transformer:
 
 
 def abstract_model(cfg: Config) -> Transformer:
-  """The model with ShapeDtypeStruct leaves: no memory allocated."""
-  return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+  """The model with ShapeDtypeStruct leaves: no memory allocated.
+
+  Traced under an empty abstract mesh: parameters carry *logical* axis names
+  ('embed', ...), which are not axes of whatever physical mesh may be active
+  (``jax.set_mesh`` in the trainers); callers map them with
+  ``sharding.state_shardings``.
+  """
+  with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
+    return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))

@@ -1,0 +1,343 @@
+"""The study's cached stages: train, sample, pairs and eval, each resumable.
+
+A stage is a directory ``<workdir>/seed<s>/<name>`` that holds its job's
+outputs and, once it finished, ``DONE.json`` (written atomically: a temp
+file renamed into place) with the stage's result. A rerun returns the
+cached result of a finished stage without touching it; an unfinished
+training stage resumes from its last checkpoint (the trainer's own resume).
+
+Every training stage goes through ``main.run_job`` with a config loaded from
+``configs/<name>.py`` and edited with ``set_keys`` (which refuses keys the
+config does not have, so a typo fails instead of being ignored).
+
+Models are described by a ``(d_model, num_layers)`` pair; heads, head dim
+and MLP width follow from ``d_model`` (``model_overrides``).
+
+Shape legend: none (host-side orchestration only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ml_collections
+
+from w2s_jax import config_lib
+
+DONE = "DONE.json"
+
+
+def configs_dir() -> str:
+  """``configs/`` beside the package, else in the working directory."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  for cand in (
+      os.path.join(os.path.dirname(here), "configs"),
+      os.path.join(os.getcwd(), "configs"),
+  ):
+    if os.path.isfile(os.path.join(cand, "sft.py")):
+      return cand
+  raise FileNotFoundError(
+      "configs/ (with sft.py) not found next to the w2s_jax package or in"
+      " the working directory; run from the repository root."
+  )
+
+
+def has_config(name: str) -> bool:
+  """Whether ``configs/<name>.py`` exists (the RL configs may not yet)."""
+  return os.path.isfile(os.path.join(configs_dir(), f"{name}.py"))
+
+
+def load_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
+  """``configs/<name>.py[:arg]`` as an unlocked ConfigDict."""
+  spec = os.path.join(configs_dir(), f"{name}.py")
+  return config_lib.load(spec + (f":{arg}" if arg else ""))
+
+
+def set_keys(cfg: ml_collections.ConfigDict, **dotted: Any) -> None:
+  """Sets ``a__b__c=v`` as ``cfg.a.b.c = v`` (double underscores stand for
+  dots so that keys read as Python names); unknown keys raise."""
+  config_lib.set_keys(cfg, {k.replace("__", "."): v for k, v in dotted.items()})
+
+
+def model_overrides(d_model: int, num_layers: int) -> dict[str, int]:
+  """A small transformer of width ``d_model`` (4 heads, 2 KV heads)."""
+  if d_model % 4:
+    raise ValueError(f"d_model={d_model} must be divisible by 4 (4 heads).")
+  return dict(
+      d_model=d_model,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=d_model // 4,
+      mlp_dim=4 * d_model,
+      num_layers=num_layers,
+      max_len=64,
+  )
+
+
+def _atomic_json(path: str, obj: Any) -> None:
+  d = os.path.dirname(path)
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".json")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True, default=float)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+class Stages:
+  """Runs named stages under one directory, caching each one's result.
+
+  Attributes:
+    root: the directory (``<workdir>/seed<s>``).
+    log: ``(line) -> None`` for the one-line stage log.
+    timings: seconds spent per stage in this process (cached stages: 0).
+  """
+
+  def __init__(self, root: str, log: Callable[[str], None] = print):
+    self.root = root
+    self.log = log
+    self.timings: dict[str, float] = {}
+    os.makedirs(root, exist_ok=True)
+
+  def path(self, name: str) -> str:
+    return os.path.join(self.root, name)
+
+  def done(self, name: str) -> bool:
+    return os.path.isfile(os.path.join(self.path(name), DONE))
+
+  def result(self, name: str) -> dict[str, Any]:
+    with open(os.path.join(self.path(name), DONE)) as f:
+      return json.load(f)
+
+  def run(
+      self, name: str, fn: Callable[[str], Mapping[str, Any] | None]
+  ) -> dict[str, Any]:
+    """Runs ``fn(stage_dir)`` once; later calls return the cached result."""
+    if self.done(name):
+      self.log(f"[{name}] cached")
+      self.timings.setdefault(name, 0.0)
+      return self.result(name)
+    start = time.time()
+    self.log(f"[{name}] running ...")
+    out = dict(fn(self.path(name)) or {})
+    seconds = time.time() - start
+    out["seconds"] = seconds
+    _atomic_json(os.path.join(self.path(name), DONE), out)
+    self.timings[name] = seconds
+    self.log(f"[{name}] done in {seconds:.1f}s")
+    return out
+
+
+def export_dir(stage_dir: str) -> str:
+  """The HF export a training stage leaves behind."""
+  path = os.path.join(stage_dir, "export")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(
+        f"{path!r} is missing: the training stage did not export; delete"
+        f" {stage_dir!r} and rerun the study."
+    )
+  return path
+
+
+def run_job(cfg: ml_collections.ConfigDict, stage_dir: str) -> dict[str, Any]:
+  """``main.run_job``'s dispatch on a locked, validated copy of ``cfg``.
+
+  ``w2s_jax.main`` itself is not imported: under ``python -m w2s_jax.main``
+  it is ``__main__``, and a second import would define its flags twice.
+  """
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  cfg.lock()
+  config_lib.validate(cfg)
+  out = _dispatch(cfg, stage_dir)
+  return {
+      k: float(v) for k, v in (out or {}).items() if isinstance(v, (int, float))
+  }
+
+
+def _dispatch(cfg: ml_collections.ConfigDict, stage_dir: str) -> Any:
+  job = str(cfg.get("job", "train"))
+  if job == "train":
+    from w2s_jax.training import trainer  # noqa: PLC0415
+
+    out = trainer.train_and_evaluate(cfg, stage_dir)
+  elif job == "rl":
+    from w2s_jax.training import rl_trainer  # noqa: PLC0415
+
+    out = rl_trainer.train_and_evaluate(cfg, stage_dir)
+  else:
+    from w2s_jax import jobs  # noqa: PLC0415
+
+    out = jobs.run(job, cfg, stage_dir)
+  return out
+
+
+def train_config(
+    name: str,
+    *,
+    seed: int,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    arg: str = "",
+    init: str = "",
+    size: tuple[int, int] | None = None,
+    **keys: Any,
+) -> ml_collections.ConfigDict:
+  """A training config from ``configs/<name>.py`` for one study stage.
+
+  Args:
+    name: config file stem (sft, distill, redi, dpo, simpo, grpo, ...).
+    seed: run seed (data order, init of a fresh model).
+    steps, lr, batch_size: the schedule.
+    arg: the config's ``get_config`` argument.
+    init: start the student from this HF export ('' = fresh init).
+    size: ``(d_model, num_layers)`` of a fresh student.
+    **keys: further ``set_keys`` overrides.
+  """
+  c = load_config(name, arg)
+  set_keys(
+      c,
+      seed=seed,
+      train__steps=steps,
+      train__batch_size=batch_size,
+      train__save_every=max(steps, 1),
+      train__log_every=max(steps // 4, 1),
+      train__tensorboard=False,
+      optim__lr=lr,
+      data__max_len=32,
+      student__seed=seed,
+  )
+  if init:
+    set_keys(c, student__hf_path=init)
+  elif size is not None:
+    for k, v in model_overrides(*size).items():
+      c.student.overrides[k] = v
+  set_keys(c, **keys)
+  return c
+
+
+def sample_config(
+    *,
+    seed: int,
+    teacher: str,
+    num_problems: int,
+    k: int,
+    temperature: float,
+    student: str = "",
+    pairs: bool = False,
+) -> ml_collections.ConfigDict:
+  """``configs/sample.py`` for traces of ``teacher`` (RSD with ``student``)."""
+  arg = "rsd" if student else ""
+  c = load_config("sample", arg)
+  set_keys(
+      c,
+      seed=seed,
+      teacher__hf_path=teacher,
+      student__hf_path=student,
+      data__tokenizer="char",
+      sample__num_problems=num_problems,
+      sample__num_samples=k,
+      sample__temperature=temperature,
+      sample__pairs=pairs,
+      sample__seed=0,  # the train problems are fixed; seeds vary models
+  )
+  return c
+
+
+def evaluate_export(
+    model_dir: str,
+    out_dir: str,
+    problems: list[dict[str, Any]],
+    *,
+    n: int,
+    temperature: float,
+    greedy: bool,
+    seed: int,
+    style: str = "terse",
+    step_styles: tuple[str, ...] = ("terse",),
+) -> dict[str, float]:
+  """Answer accuracy (pass@1 over ``n`` samples, and greedy) and step acc.
+
+  Step accuracy of a completion is its best over ``step_styles`` (a student
+  trained on RSD traces may mix the two notations of its teachers); every
+  style here shares the ``#`` answer marker, so answers grade the same.
+  """
+  import numpy as np  # noqa: PLC0415
+
+  from w2s_jax import models  # noqa: PLC0415
+  from w2s_jax.data import synthetic  # noqa: PLC0415
+  from w2s_jax.evals import evaluate  # noqa: PLC0415
+  from w2s_jax.training import inputs  # noqa: PLC0415
+
+  tok = inputs.load_tokenizer("char", out_dir)
+  model = models.load_pretrained(model_dir)
+  common = dict(
+      task="synthetic",
+      fmt="raw",
+      style=style,
+      max_new_tokens=24,
+      batch_size=max(len(problems), 1),
+  )
+  summary, rows = evaluate.evaluate(
+      model,
+      tok,
+      problems,
+      n=n,
+      temperature=temperature,
+      seed=seed,
+      **common,
+  )
+  evaluate.write_results(os.path.join(out_dir, "sampled"), summary, rows)
+
+  def best_step_acc(rows) -> float:
+    per_problem = []
+    for r in rows:
+      p = synthetic.Problem.from_spec(r["id"])
+      per_problem.append(
+          np.mean([
+              max(synthetic.step_accuracy(p, t, s) for s in step_styles)
+              for t in r["completions"]
+          ])
+      )
+    return float(np.mean(per_problem))
+
+  out = {
+      "pass@1": float(summary["pass@1"]),
+      "step_acc": best_step_acc(rows),
+      "n": float(n),
+      "num_problems": float(len(problems)),
+  }
+  if greedy:
+    g_summary, g_rows = evaluate.evaluate(
+        model, tok, problems, n=1, temperature=0.0, seed=seed, **common
+    )
+    evaluate.write_results(os.path.join(out_dir, "greedy"), g_summary, g_rows)
+    out["greedy"] = float(g_summary["pass@1"])
+  return out
+
+
+def test_problems(
+    task_keys: Mapping[str, Any], n: int, style: str = "terse"
+) -> list[dict[str, Any]]:
+  """Held-out problems (fixed across seeds) with prompts in ``style``."""
+  from w2s_jax.data import synthetic  # noqa: PLC0415
+
+  task = synthetic.TaskConfig(**dict(task_keys))
+  return [
+      {
+          "id": p.spec,
+          "spec": p.spec,
+          "question": synthetic.prompt(p, style),
+          "answer": p.answer,
+      }
+      for p in synthetic.sample_problems(task, "test", n, seed=0)
+  ]
