@@ -114,7 +114,11 @@ def test_readme_has_the_issue_sections(text):
       "## Adding a method",
   ):
     assert heading in text, heading
-  assert "<!-- study-table -->" in text
+  # The measured study table sits in its section, one row group per arm group.
+  study = text.split("## The study", 1)[1].split("\n## ", 1)[0]
+  assert "| group | arm | answer acc (pass@1) |" in study
+  for group in ("baselines", "(a) W2SR", "(b) RSD", "(c) ", "(d) "):
+    assert f"\n| {group}" in study, group
 
 
 def test_every_main_command_loads_and_validates(text):
