@@ -17,6 +17,8 @@ import sys
 import numpy as np
 import pytest
 
+from w2s_jax import testing
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
 ARGS = [
@@ -118,21 +120,9 @@ def test_two_processes_match_one_process(runs):
 @pytest.mark.slow
 def test_two_process_export_equals_one_process_export(runs):
   """FSDP shards live on both hosts: export gathers them, process 0 writes."""
-  from safetensors.numpy import load_file  # noqa: PLC0415
-
   _, multi, _ = runs["multi"]
   _, single = runs["single"]
-
-  def tensors(workdir):
-    d = os.path.join(workdir, "export")
-    files = sorted(f for f in os.listdir(d) if f.endswith(".safetensors"))
-    assert files, os.listdir(d)
-    out = {}
-    for f in files:
-      out.update(load_file(os.path.join(d, f)))
-    return out
-
-  t_m, t_s = tensors(multi), tensors(single)
+  t_m, t_s = testing.load_export(multi), testing.load_export(single)
   assert set(t_m) == set(t_s)
   for k in t_s:
     np.testing.assert_allclose(t_m[k], t_s[k], rtol=1e-5, atol=1e-6, err_msg=k)

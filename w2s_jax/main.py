@@ -20,7 +20,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from w2s_jax import config_lib, distributed
+from w2s_jax import config_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -70,6 +70,11 @@ def _main(argv):
     raise ValueError("--workdir is required (an output directory).")
   config_lib.validate(config)
   config_lib.prepare_workdir(workdir)
+  # Imported here, not at module level: it imports jax, and every worker
+  # process spawned from `python -m w2s_jax.main` (graders, math-verify)
+  # re-imports this module.
+  from w2s_jax import distributed  # noqa: PLC0415
+
   distributed.maybe_initialize(config)
   result = run_job(config, workdir)
   if isinstance(result, dict) and result and distributed.is_primary():

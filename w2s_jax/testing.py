@@ -120,3 +120,17 @@ def assert_trees_close(a: Any, b: Any, atol: float = 1e-6, rtol: float = 1e-6):
         atol=atol,
         rtol=rtol,
     )
+
+
+def load_export(workdir: str) -> dict[str, np.ndarray]:
+  """All tensors of ``workdir/export`` (single-file or sharded safetensors)."""
+  from safetensors.numpy import load_file  # noqa: PLC0415
+
+  d = os.path.join(workdir, "export")
+  files = sorted(f for f in os.listdir(d) if f.endswith(".safetensors"))
+  if not files:
+    raise FileNotFoundError(f"no safetensors in {d}: {os.listdir(d)}")
+  out = {}
+  for f in files:
+    out.update(load_file(os.path.join(d, f)))
+  return out

@@ -7,9 +7,8 @@ import textwrap
 
 import numpy as np
 import pytest
-import safetensors.numpy
 
-from w2s_jax import config_lib, main
+from w2s_jax import config_lib, main, testing
 from w2s_jax.data import char_vocab
 from w2s_jax.training import metrics
 
@@ -48,12 +47,6 @@ def _cfg(spec, **over):
   return cfg
 
 
-def _export(workdir):
-  return safetensors.numpy.load_file(
-      os.path.join(workdir, "export", "model.safetensors")
-  )
-
-
 @pytest.mark.parametrize(
     "spec",
     [
@@ -86,7 +79,7 @@ def test_config_runs_writes_metrics_exports_and_resumes(tmp_path, spec):
     assert rows[-1]["kdrl/beta"] == pytest.approx(5e-3)
     assert "kdrl/kd" in rows[-1]
   assert np.isfinite(last["train/loss"])
-  first = _export(wd)
+  first = testing.load_export(wd)
   assert not any("teacher" in k for k in first)
   # Resume: two more steps continue from the checkpoint of step 2.
   cfg = _cfg(spec, **{"train.steps": 4, "train.save_every": 1})
@@ -94,7 +87,10 @@ def test_config_runs_writes_metrics_exports_and_resumes(tmp_path, spec):
   rows = metrics.read_metrics(wd)
   assert [r["step"] for r in rows] == [1, 2, 3, 4]
   assert sorted(os.listdir(os.path.join(wd, "checkpoints")))[-1] == "4"
-  assert any(not np.array_equal(first[k], v) for k, v in _export(wd).items())
+  assert any(
+      not np.array_equal(first[k], v)
+      for k, v in testing.load_export(wd).items()
+  )
 
 
 @pytest.mark.slow
@@ -110,7 +106,7 @@ def test_resume_is_exact(tmp_path):
   main.run_job(
       _cfg("configs/grpo.py:runlocal", **over, **{"train.steps": 4}), parts
   )
-  a, b = _export(straight), _export(parts)
+  a, b = testing.load_export(straight), testing.load_export(parts)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
 
@@ -141,12 +137,15 @@ def test_grpo_learns_a_trivial_reward_and_resumes(tmp_path, monkeypatch):
     assert key in rows[-1], key
   for key in ("rollout/accuracy", "grpo/clip_frac", "reward/failures"):
     assert key in rows[-1], key
-  first = _export(wd)
+  first = testing.load_export(wd)
   # Resume: one more step from the checkpoint of step 8.
   main.run_job(_cfg(spec, **over, **{"train.steps": 9}), wd)
   assert [row["step"] for row in metrics.read_metrics(wd)] == list(range(1, 10))
   assert sorted(os.listdir(os.path.join(wd, "checkpoints")))[-1] == "9"
-  assert any(not np.array_equal(first[k], v) for k, v in _export(wd).items())
+  assert any(
+      not np.array_equal(first[k], v)
+      for k, v in testing.load_export(wd).items()
+  )
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-import safetensors.numpy
 
 from w2s_jax import config_lib, testing
 from w2s_jax.data import synthetic, traces
@@ -57,12 +56,6 @@ def _cfg(spec, **over):
   return cfg
 
 
-def _export(workdir):
-  return safetensors.numpy.load_file(
-      os.path.join(workdir, "export", "model.safetensors")
-  )
-
-
 def test_resume_after_sigkill_is_exact(tmp_path):
   straight, killed = str(tmp_path / "a"), str(tmp_path / "b")
   args = ["--config.train.steps=6", "--config.train.save_every=3"]
@@ -78,7 +71,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
   assert sorted(os.listdir(os.path.join(killed, "checkpoints")))[:1] == ["3"]
   assert not os.path.exists(os.path.join(killed, "export"))
   _main(killed, "configs/sft.py:runlocal", *args)
-  a, b = _export(straight), _export(killed)
+  a, b = testing.load_export(straight), testing.load_export(killed)
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -138,7 +131,7 @@ def test_distill_checkpoint_has_no_teacher_and_export_matches_transformers(
 
 
 def transformer_params(workdir):
-  return sum(v.size for v in _export(workdir).values())
+  return sum(v.size for v in testing.load_export(workdir).values())
 
 
 def _pairs_file(path, n=24):
