@@ -1,11 +1,12 @@
 """Rows, length bucketing and packing behind ``pipeline.make_dataset``.
 
-``_example_tokens`` cuts one example to its planned lengths and builds its
-completion mask; ``_pad_row`` pads it into a "right" or "left" row;
-``_SortedWindows`` sorts windows of the index stream by length (length
-buckets); ``_HostRows`` hands this process its block of every global batch,
-with the batch's row length; ``_packed`` packs rows first-fit with grain.
-All of it is internal to ``pipeline``, whose docstring defines the batches.
+``example_tokens`` cuts one example to its planned lengths and builds its
+completion mask; ``pad_row`` pads it into a "right" or "left" row;
+``SortedWindows`` sorts windows of the index stream by length (length
+buckets); ``HostRows`` hands this process its block of every global batch,
+with the batch's row length; ``packed`` packs rows first-fit with grain.
+``pipeline`` composes them; its docstring defines the batches. The config
+type lives in ``pipeline_config`` so this module never imports ``pipeline``.
 
 Shape legend: B batch rows per process, L row length.
 """
@@ -13,14 +14,13 @@ Shape legend: B batch rows per process, L row length.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import grain
 import numpy as np
 from absl import logging
 
-if TYPE_CHECKING:
-  from w2s_jax.data.pipeline import Batch, PipelineConfig
+from w2s_jax.data.pipeline_config import Batch, PipelineConfig
 
 # Our batch keys -> grain's packer outputs.
 _PACKED_KEYS = {
@@ -33,7 +33,7 @@ _PACKED_KEYS = {
 _CACHE_SIZE = 256
 
 
-def _example_tokens(
+def example_tokens(
     example: Mapping[str, Any], p: int, c: int, config: PipelineConfig
 ) -> tuple[np.ndarray, np.ndarray]:
   """Concatenated ids and completion mask of one (possibly cut) example."""
@@ -46,7 +46,7 @@ def _example_tokens(
   return np.concatenate([prompt, completion]), mask
 
 
-def _pad_row(
+def pad_row(
     tokens: np.ndarray, mask: np.ndarray, length: int, config: PipelineConfig
 ) -> Batch:
   n = len(tokens)
@@ -64,7 +64,7 @@ def _pad_row(
   return row
 
 
-class _SortedWindows(grain.MapDataset):
+class SortedWindows(grain.MapDataset):
   """Sorts each window of ``window`` elements by length (stable).
 
   Elements are example indices; padding (-1) sorts last. Used for length
@@ -98,7 +98,7 @@ class _SortedWindows(grain.MapDataset):
     return int(self._order(w)[r])
 
 
-class _HostRows(grain.MapDataset):
+class HostRows(grain.MapDataset):
   """This process's rows of each global batch, with the batch's row length.
 
   The parent is the global stream of example indices (a multiple of the
@@ -141,11 +141,11 @@ class _HostRows(grain.MapDataset):
     return int(self._parent[g]), self._row_length(b)
 
 
-def _stack(rows: Sequence[Batch]) -> Batch:
+def stack(rows: Sequence[Batch]) -> Batch:
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def _packed(order, as_example, config, shard, read_options):
+def packed(order, as_example, config, shard, read_options):
   """Packed rows: this process's stride of the stream, first-fit packed."""
   if config.num_epochs is not None and shard.shard_count > 1:
     # Each process packs its own stream, so row counts can differ.
@@ -173,8 +173,8 @@ def _packed(order, as_example, config, shard, read_options):
     return {k: packed[v].astype(np.int32) for k, v in _PACKED_KEYS.items()}
 
   def batch_fn(rows):  # Pads a final short batch with empty rows.
-    empty = _pad_row(np.zeros(0, np.int32), np.zeros(0, np.int32), L, config)
-    return _stack([*rows] + [empty] * (config.batch_size - len(rows)))
+    empty = pad_row(np.zeros(0, np.int32), np.zeros(0, np.int32), L, config)
+    return stack([*rows] + [empty] * (config.batch_size - len(rows)))
 
   return ds.map(rename).batch(
       config.batch_size, drop_remainder=config.drop_remainder, batch_fn=batch_fn
