@@ -311,3 +311,28 @@ def test_cli_teacher_tokenizer_mismatch(tmp_path):
   )
   assert proc.returncode == 2
   assert "student/teacher" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_cli_corrupt_checkpoint_and_tokenizer_files_are_one_line(tmp_path):
+  from w2s_jax import models  # noqa: PLC0415
+
+  ckpt = str(tmp_path / "teacher")
+  models.save_pretrained(
+      models.init_model(models.get_config("tiny-qwen2"), seed=1), ckpt
+  )
+  weights = os.path.join(ckpt, "model.safetensors")
+  with open(weights, "r+b") as f:
+    f.truncate(os.path.getsize(weights) // 2)
+  tok = tmp_path / "tok"
+  tok.mkdir()
+  (tok / "tokenizer.json").write_text('{"model": {"type": "BPE"}}')
+  for extra, path in [
+      (f"--config.teacher.hf_path={ckpt}", weights),
+      (f"--config.data.tokenizer={tok}", str(tok / "tokenizer.json")),
+  ]:
+    proc = _main(
+        str(tmp_path / "w"), "configs/distill.py:runlocal", extra, check=False
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and path in line, line
