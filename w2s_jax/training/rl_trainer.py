@@ -37,13 +37,13 @@ import tqdm
 from flax import nnx
 
 from w2s_jax import config_lib, losses, sharding
-from w2s_jax.data import tokenizers as tokenizers_lib
 from w2s_jax.training import (
     checkpoint,
     inputs,
     loop,
     metrics,
     optim,
+    pairing,
     rl_problems,
     rl_rewards,
     rl_steps,
@@ -117,15 +117,12 @@ def _build_models(config, method, need, mesh, workdir):
   tokenizer = inputs.load_tokenizer(config.data.tokenizer, workdir)
   teacher = "teacher" in need or "teacher" in method.frozen
   teacher = teacher or config.method == "kdrl"
-  if teacher and config.teacher.get("tokenizer"):
-    # Checked before any model is built: a mismatch fails in seconds.
-    t_tok = inputs.load_tokenizer(config.teacher.tokenizer, workdir)
-    tokenizers_lib.check_compatible(tokenizer, t_tok, what="student/teacher")
+  if teacher:  # checked before any model is built: fails in seconds
+    pairing.check_tokenizers(config, tokenizer, ("teacher",), workdir)
   student = trainer.build_model(config.student, tokenizer, mesh)
   others = {}
   if teacher:
     others["teacher"] = trainer.build_model(config.teacher, tokenizer, mesh)
-    trainer._check_vocab(student, others["teacher"], "teacher", tokenizer)  # noqa: SLF001
   if "ref" in need:
     # A frozen copy of the initial student, built again from its config.
     others["ref"] = trainer.build_model(config.student, tokenizer, mesh)
@@ -160,6 +157,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   tokenizer, student, others = _build_models(
       config, method, need, mesh, workdir
   )
+  if "teacher" in others:  # padded widths: logits sliced to the tokenizer
+    widths = {"student": student.cfg.vocab_size}
+    widths["teacher"] = others["teacher"].cfg.vocab_size
+    shared = pairing.shared_vocab(config, tokenizer, widths)
+    loss_cfg["vocab_size"] = shared or loss_cfg.get("vocab_size", 0)
   with jax.set_mesh(mesh):
     frozen: dict[str, Any] = {}
     graphdefs: dict[str, Any] = {}

@@ -31,7 +31,6 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from w2s_jax import config_lib, sharding
-from w2s_jax.data import tokenizers as tokenizers_lib
 from w2s_jax.models import config as model_config
 from w2s_jax.models import hf_io, transformer
 from w2s_jax.training import (
@@ -41,6 +40,7 @@ from w2s_jax.training import (
     lora,
     metrics,
     optim,
+    pairing,
     steps,
 )
 from w2s_jax.training import workdir as workdir_lib
@@ -85,17 +85,6 @@ def build_model(
     overrides.setdefault("dtype", mcfg.dtype)
   cfg = model_config.get_config(mcfg.preset, **overrides)
   return transformer.init_model(cfg, seed=int(mcfg.get("seed", 0)), mesh=mesh)
-
-
-def _check_vocab(student, other, name: str, tokenizer) -> None:
-  vs, vo = student.cfg.vocab_size, other.cfg.vocab_size
-  if vs != vo and (tokenizer is None or tokenizer.vocab_size > min(vs, vo)):
-    raise ValueError(
-        f"student and {name} vocabularies differ ({vs} vs {vo}) and no shared"
-        " tokenizer vocabulary fits both; distillation needs the same"
-        " tokenizer (set loss.vocab_size to the tokenizer size for Qwen's"
-        " padded widths)."
-    )
 
 
 def _batch_sharding(mesh, local_shape: tuple[int, ...]) -> NamedSharding:
@@ -157,14 +146,21 @@ def _train(config, workdir, ckpt, eval_fn) -> dict[str, Any]:
   # Models are built (and sharded on arrival) before the mesh becomes the
   # ambient one: abstract HF loading resolves logical axes itself.
   tokenizer = inputs.load_tokenizer(config.data.tokenizer, workdir)
+  if "teacher" in method.frozen:
+    pairing.check_tokenizers(config, tokenizer, ("teacher",), workdir)
   student = build_model(config.student, tokenizer, mesh)
   frozen_models = {}
+  vocab = None
   if "teacher" in method.frozen:
-    if config.teacher.get("tokenizer"):
-      t_tok = inputs.load_tokenizer(config.teacher.tokenizer, workdir)
-      tokenizers_lib.check_compatible(tokenizer, t_tok, what="student/teacher")
     frozen_models["teacher"] = build_model(config.teacher, tokenizer, mesh)
-    _check_vocab(student, frozen_models["teacher"], "teacher", tokenizer)
+    vocab = pairing.shared_vocab(
+        config,
+        tokenizer,
+        {
+            "student": student.cfg.vocab_size,
+            "teacher": frozen_models["teacher"].cfg.vocab_size,
+        },
+    )
   if "ref" in method.frozen:
     frozen_models["ref"] = build_model(config.student, tokenizer, mesh)
 
@@ -212,6 +208,8 @@ def _train(config, workdir, ckpt, eval_fn) -> dict[str, Any]:
     config_lib.save_resolved(config, workdir)
 
     loss_cfg = dict(lcfg.to_dict())
+    if vocab:  # padded widths: logits sliced to the shared tokenizer
+      loss_cfg["vocab_size"] = vocab
     if config.method in steps.CACHE_METHODS:
       loss_cfg.update(_cache_loss_cfg(batches.reader.header, loss_cfg))
     spec = steps.StepSpec(
