@@ -341,3 +341,33 @@ def test_cli_corrupt_checkpoint_and_tokenizer_files_are_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and path in line, line
+
+
+@pytest.mark.slow  # ~25 s of CPU: one run, signalled from outside
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_from_another_process_saves_the_running_step(tmp_path, sig):
+  import time  # noqa: PLC0415
+
+  wd = str(tmp_path / "w")
+  cmd = [
+      sys.executable, "-m", "w2s_jax.main", "--config=configs/sft.py:runlocal",
+      f"--workdir={wd}", *TINY, "--config.train.steps=100000",
+      "--config.train.save_every=100000", "--config.train.log_every=1",
+  ]  # fmt: skip
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.Popen(
+      cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True,
+  )  # fmt: skip
+  deadline = time.time() + 300
+  while len(_steps(wd)) < 3 and time.time() < deadline:
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    time.sleep(0.2)
+  proc.send_signal(sig)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 128 + sig, err[-2000:]
+  assert '"final"' not in out and "Traceback" not in err
+  step = re.search(r"saved step (\d+) in", err.strip().splitlines()[-1])
+  assert step, err[-2000:]
+  assert os.listdir(os.path.join(wd, "checkpoints")) == [step.group(1)]
+  assert _steps(wd)[-1] == int(step.group(1))

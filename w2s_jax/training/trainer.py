@@ -161,6 +161,10 @@ def _train(config, workdir, ckpt, eval_fn) -> dict[str, Any]:
             "teacher": frozen_models["teacher"].cfg.vocab_size,
         },
     )
+  elif config.method in steps.CACHE_METHODS:
+    # The teacher is the cache (its tokenizer fingerprint is checked against
+    # data.tokenizer on open); the student must cover the tokenizer too.
+    pairing.shared_vocab(config, tokenizer, {"student": student.cfg.vocab_size})
   if "ref" in method.frozen:
     frozen_models["ref"] = build_model(config.student, tokenizer, mesh)
 
