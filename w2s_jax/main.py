@@ -102,7 +102,7 @@ def _main(argv):
 
 
 class _Terminated(Exception):  # noqa: N818
-  """SIGTERM before the training loop took the signal over."""
+  """SIGTERM outside a training loop (which saves first: ``loop``)."""
 
 
 def _raise_terminated(signum, frame):
@@ -131,11 +131,17 @@ def main() -> None:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(loop.EXIT_NON_FINITE)
   except KeyboardInterrupt:
-    print("interrupted (SIGINT): stopped without saving.", file=sys.stderr)
+    print(
+        "interrupted (SIGINT): stopped without saving this step; checkpoints"
+        " already written are kept (rerun to resume from the last one).",
+        file=sys.stderr,
+    )
     sys.exit(EXIT_SIGINT)
   except _Terminated:
     print(
-        "terminated (SIGTERM) before training: nothing saved.", file=sys.stderr
+        "terminated (SIGTERM) outside a training step: nothing new saved;"
+        " checkpoints already written are kept (rerun to resume).",
+        file=sys.stderr,
     )
     sys.exit(EXIT_SIGTERM)
   except loop.Stopped as e:
