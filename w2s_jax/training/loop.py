@@ -112,6 +112,20 @@ def stop_if_signalled(signals: StopSignals, step: int, ckpt: Any) -> None:
   raise Stopped(signals.received, step, ckpt.directory)
 
 
+def progress(start: int, total: int, desc: str) -> Any:
+  """The steps ``start..total-1`` under a tqdm bar (process 0 draws it)."""
+  import jax  # noqa: PLC0415  (this module is imported by main before jax)
+  import tqdm  # noqa: PLC0415
+
+  return tqdm.tqdm(
+      range(start, total),
+      initial=start,
+      total=total,
+      desc=desc,
+      disable=jax.process_index() != 0,
+  )
+
+
 def debug_kill(tcfg: Any, step: int, ckpt: Any) -> None:
   """Fault injection for the tests: ``train.debug_kill_signal`` to this
   process after ``train.debug_kill_at`` steps (a real signal)."""

@@ -33,7 +33,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from flax import nnx
 
 from w2s_jax import config_lib, losses, sharding
@@ -346,13 +345,7 @@ class _Loop:
     last: dict[str, float] = {}
     self.done = start
     with loop.StopSignals() as signals:
-      bar = tqdm.tqdm(
-          range(start, total),
-          initial=start,
-          total=total,
-          desc=self.method,
-          disable=jax.process_index() != 0,
-      )
+      bar = loop.progress(start, total, self.method)
       for step in bar:
         train_state, host = self.one_step(train_state, step)
         done = step + 1

@@ -26,7 +26,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from flax import nnx
 from jax.sharding import NamedSharding
 
@@ -261,13 +260,7 @@ def _train(config, workdir, ckpt, eval_fn) -> dict[str, Any]:
 
     try:
       with loop.StopSignals() as signals:
-        bar = tqdm.tqdm(
-            range(start, total),
-            initial=start,
-            total=total,
-            desc=config.method,
-            disable=jax.process_index() != 0,
-        )
+        bar = loop.progress(start, total, str(config.method))
         for step in bar:
           if step > start or batch is None:
             batch = _to_device(inputs.split_micro(next(batches), micro), mesh)
