@@ -1,6 +1,8 @@
 """metrics.jsonl: one row per step after resumes."""
 
 import json
+import os
+import struct
 
 from w2s_jax.training import metrics
 
@@ -34,3 +36,33 @@ def test_truncate_leaves_a_clean_file_untouched(tmp_path):
   assert metrics.truncate_after(str(path), 0) == 2
   assert path.read_text() == ""
   assert metrics.truncate_after(str(tmp_path / "absent.jsonl"), 0) == 0
+
+
+def _events(path):
+  """The Event protos of one TFRecord event file."""
+  from tensorboardX.proto import event_pb2  # noqa: PLC0415
+
+  with open(path, "rb") as f:
+    data = f.read()
+  out = []
+  pos = 0
+  while pos < len(data):
+    (n,) = struct.unpack("<Q", data[pos : pos + 8])
+    event = event_pb2.Event()
+    event.ParseFromString(data[pos + 12 : pos + 12 + n])
+    out.append(event)
+    pos += 12 + n + 4
+  return out
+
+
+def test_tensorboard_purges_events_past_the_restored_step(tmp_path):
+  w = metrics.MetricWriter(str(tmp_path), tensorboard=True, start_step=2)
+  w.write(3, {"train/loss": 3.5})
+  w.close()
+  (name,) = os.listdir(tmp_path / "tb")
+  events = _events(tmp_path / "tb" / name)
+  # TensorBoard drops the older events with step >= a START marker's step.
+  starts = [e.step for e in events if e.session_log.status == 1]
+  assert starts == [3]
+  assert [(e.step, e.summary.value[0].simple_value) for e in events if
+          e.summary.value] == [(3, 3.5)]  # fmt: skip

@@ -40,7 +40,11 @@ class MetricWriter:
     if tensorboard:
       from tensorboardX import SummaryWriter  # noqa: PLC0415
 
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      # purge_step: TensorBoard hides the interrupted run's events past the
+      # restored step, as the JSONL rows are dropped.
+      self._tb = SummaryWriter(
+          os.path.join(workdir, "tb"), purge_step=start_step + 1
+      )
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
