@@ -118,7 +118,8 @@ def main() -> None:
   )
   # Until a training loop installs its own handlers (which save first),
   # SIGTERM and SIGINT end the run with their exit code and one line.
-  signal.signal(signal.SIGTERM, _raise_terminated)
+  if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+    signal.signal(signal.SIGTERM, _raise_terminated)
   try:
     if spec is not None:
       config_lib.check_override_keys(config_lib.load(spec), argv[1:])

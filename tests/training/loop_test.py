@@ -68,3 +68,14 @@ def test_check_finite_names_the_metric_and_the_last_good_step():
       " is step 4 in /wd/checkpoints; lower optim.lr, then rerun to resume."
   )
   assert isinstance(e.value, FloatingPointError) and ckpt.waited == 1
+
+
+def test_an_ignored_signal_stays_ignored():
+  old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    with loop.StopSignals() as signals:
+      os.kill(os.getpid(), signal.SIGINT)
+      assert signals.received is None
+      assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+  finally:
+    signal.signal(signal.SIGINT, old)

@@ -59,6 +59,8 @@ class StopSignals:
 
   def __enter__(self) -> StopSignals:
     for sig in self.SIGNALS:
+      if signal.getsignal(sig) is signal.SIG_IGN:
+        continue  # e.g. SIGINT of a background job (`cmd &`, nohup)
       try:
         self._old[sig] = signal.signal(sig, self._handle)
       except ValueError:  # not the main thread: signals stay as they are
