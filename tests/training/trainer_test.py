@@ -27,6 +27,17 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _sigint_not_ignored():
+  # A test runner started in the background ignores SIGINT, and so would
+  # its children (ignored signals survive exec); these tests send it.
+  old = signal.getsignal(signal.SIGINT)
+  if old is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, old)
+
+
 def _main(workdir, config, *extra, check=True):
   cmd = [
       sys.executable,
@@ -40,7 +51,7 @@ def _main(workdir, config, *extra, check=True):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   proc = subprocess.run(
       cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-  )
+  )  # fmt: skip
   if check and proc.returncode != 0:
     raise AssertionError(
         f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
