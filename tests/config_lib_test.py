@@ -94,3 +94,36 @@ def test_prepare_workdir_under_a_file(tmp_path):
   (tmp_path / "f").write_text("")
   with pytest.raises(NotADirectoryError, match=r"--workdir .* is a file"):
     config_lib.prepare_workdir(str(tmp_path / "f" / "w"))
+
+
+@pytest.mark.parametrize(
+    "arg,key,value,what",
+    [
+        ("rsd", "sample.rsd_num_proposals", 0, "an integer >= 1"),
+        ("rsd", "sample.rsd_top_k", -3, "an integer >= 1"),
+        ("rsd", "sample.rsd_threshold", 1.5, "a probability in [0, 1]"),
+        ("rsd", "sample.temperature", 0.0, "> 0 for RSD"),
+        ("rsd", "sample.max_fallback_rate", -0.1, "in [0, 1]"),
+        ("", "sample.batch_size", 0, "an integer >= 1"),
+        ("", "sample.num_problems", 0, "an integer >= 1"),
+        ("", "sample.keep", "best", "'shortest' or 'all'"),
+        ("", "sample.top_p", 0.0, "in (0, 1]"),
+        ("", "sample.temperature", -1.0, ">= 0 (0 = greedy)"),
+    ],
+)
+def test_sampling_and_rsd_keys_are_range_checked_at_load(arg, key, value, what):
+  cfg = config_lib.load(os.path.join(ROOT, "configs", "sample.py") + ":" + arg)
+  config_lib.validate(cfg)  # the defaults are valid
+  config_lib.set_keys(cfg, {key: value})
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(cfg)
+  assert str(e.value) == (
+      f"config value {key}={value!r} is invalid: it must be {what}; fix it"
+      f" with --config.{key}=..."
+  )
+
+
+def test_greedy_plain_sampling_is_valid():
+  cfg = config_lib.load(os.path.join(ROOT, "configs", "sample.py"))
+  cfg.sample.temperature = 0.0
+  config_lib.validate(cfg)

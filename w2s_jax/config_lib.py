@@ -122,6 +122,13 @@ def _nonneg(x):
   return float(x) >= 0
 
 
+def _int_at_least(lo: int) -> Callable[[Any], bool]:
+  def ok(x):
+    return not isinstance(x, bool) and int(x) == x and int(x) >= lo
+
+  return ok
+
+
 CHECKS: list[Check] = [
     ("optim.lr", _nonneg, "a learning rate >= 0"),
     ("optim.weight_decay", _nonneg, ">= 0"),
@@ -155,8 +162,23 @@ CHECKS: list[Check] = [
     ("eval.max_new_tokens", lambda x: int(x) > 0, "> 0"),
     ("sample.temperature", _nonneg, ">= 0 (0 = greedy)"),
     ("sample.top_p", lambda x: 0 < x <= 1, "in (0, 1]"),
-    ("sample.num_samples", lambda x: int(x) > 0, "> 0"),
-    ("sample.max_new_tokens", lambda x: int(x) > 0, "> 0"),
+    ("sample.num_samples", _int_at_least(1), "an integer >= 1"),
+    ("sample.max_new_tokens", _int_at_least(1), "an integer >= 1"),
+    ("sample.batch_size", _int_at_least(1), "an integer >= 1"),
+    ("sample.num_problems", _int_at_least(1), "an integer >= 1"),
+    ("sample.k", _int_at_least(1), "an integer >= 1"),
+    ("sample.max_fallback_rate", _in01, "in [0, 1]"),
+    ("sample.keep", lambda x: x in ("shortest", "all"), "'shortest' or 'all'"),
+    (
+        "sample.dataset",
+        lambda x: x in ("synthetic", "gsm8k", "math500"),
+        "'synthetic', 'gsm8k' or 'math500'",
+    ),
+    # Reverse speculative decoding (job 'rsd'; decoding.rsd_rule.RSDParams).
+    ("sample.rsd_threshold", _in01, "a probability in [0, 1]"),
+    ("sample.rsd_num_proposals", _int_at_least(1), "an integer >= 1"),
+    ("sample.rsd_top_k", _int_at_least(1), "an integer >= 1"),
+    ("eval.batch_size", _int_at_least(1), "an integer >= 1"),
     # RL (job 'rl': grpo, kdrl, ampo, gkd).
     ("rl.group_size", lambda x: int(x) >= 1, ">= 1"),
     ("rl.prompts_per_step", lambda x: int(x) >= 1, ">= 1"),
@@ -224,6 +246,9 @@ def validate(
     checks.append(("loss.beta", _in01, "in [0, 1]"))
   if _get(cfg, "job") == "rl":
     _validate_rl(cfg)
+  if _get(cfg, "job") == "rsd":
+    # RSD samples from both models: greedy (0) is not a distribution.
+    checks.append(("sample.temperature", _pos, "> 0 for RSD"))
   for key, ok, what in [*checks, *extra]:
     value = _get(cfg, key)
     if value is _MISSING or value is None:

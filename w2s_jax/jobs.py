@@ -25,7 +25,7 @@ import tqdm
 
 from w2s_jax.data import formatting, topk_cache, traces
 from w2s_jax.evals import datasets, evaluate
-from w2s_jax.training import inputs, trainer
+from w2s_jax.training import inputs, pairing, trainer
 
 
 def _problems(cfg: Any) -> list[dict[str, Any]]:
@@ -169,7 +169,11 @@ def run_topk_cache(config: Any, workdir: str) -> dict[str, float]:
   """
   c = config.cache
   tok = inputs.load_tokenizer(config.data.tokenizer, workdir)
+  pairing.check_tokenizers(config, tok, ("teacher",), workdir)
   teacher = trainer.build_model(config.teacher, tok)
+  # The scorer slices padded widths to the tokenizer; a narrower teacher is
+  # refused here.
+  pairing.shared_vocab(config, tok, {"teacher": teacher.cfg.vocab_size})
   examples = inputs.sft_examples(config.data, tok)
   max_len = int(config.data.max_len)
   header = cache_header(c, tok)
@@ -420,9 +424,11 @@ def run_sample(config: Any, workdir: str, rsd: bool) -> dict[str, float]:
   s = config.sample
   tok = inputs.load_tokenizer(config.data.tokenizer, workdir)
   fmt = formatting.get_format(str(config.data.prompt_format))
-  models = {"teacher": trainer.build_model(config.teacher, tok)}
-  if rsd:
-    models["student"] = trainer.build_model(config.student, tok)
+  roles = ("teacher", "student") if rsd else ("teacher",)
+  pairing.check_tokenizers(config, tok, roles, workdir)
+  models = {r: trainer.build_model(config[r], tok) for r in roles}
+  widths = {r: m.cfg.vocab_size for r, m in models.items()}
+  models["vocab_size"] = pairing.shared_vocab(config, tok, widths)
   if str(s.dataset) == "synthetic":
     models["grader"] = _synthetic_grader(str(s.get("style", "terse")))
   os.makedirs(workdir, exist_ok=True)

@@ -7,13 +7,19 @@ The config is loaded locked: an unknown ``--config.key`` or an out-of-range
 value fails before any model is built, with a message naming the key. On a
 TPU VM pod slice or a SLURM GPU allocation, ``jax.distributed.initialize()``
 runs first (``config.distributed``: 'auto' detects the cluster, 'on' forces,
-'off' skips). User errors (bad config, missing files) print one line and
-exit with status 2; everything else raises.
+'off' skips). One job at a time per workdir (``workdir.WorkdirLock``, taken
+by process 0).
+
+Exit codes (README, "Exit codes"; ``training.loop``): 0 finished; 2 user
+error (one line); 3 stopped on a non-finite loss after keeping the last good
+checkpoint (one line); 130 / 143 SIGINT / SIGTERM after saving a checkpoint
+(no ``final`` line). Everything else raises.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 from absl import app, flags
@@ -21,6 +27,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from w2s_jax import config_lib
+from w2s_jax.training import loop  # stdlib only: no jax at import
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -29,6 +36,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+
+EXIT_USER_ERROR = 2
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
 
 USER_ERRORS = (
     ValueError,
@@ -74,11 +85,29 @@ def _main(argv):
   # process spawned from `python -m w2s_jax.main` (graders, math-verify)
   # re-imports this module.
   from w2s_jax import distributed  # noqa: PLC0415
+  from w2s_jax.training import workdir as workdir_lib  # noqa: PLC0415
 
   distributed.maybe_initialize(config)
-  result = run_job(config, workdir)
+  # Process 0 alone holds the lock: the others follow its collectives, and
+  # per-process locks on a shared filesystem could only disagree.
+  lock = workdir_lib.WorkdirLock(workdir)
+  if distributed.is_primary():
+    lock.acquire()
+  try:
+    result = run_job(config, workdir)
+  finally:
+    lock.release()
   if isinstance(result, dict) and result and distributed.is_primary():
     print(json.dumps({"final": result}, sort_keys=True, default=str))
+
+
+class _Terminated(Exception):  # noqa: N818
+  """SIGTERM outside a training loop (which saves first: ``loop``)."""
+
+
+def _raise_terminated(signum, frame):
+  del signum, frame
+  raise _Terminated
 
 
 def main() -> None:
@@ -87,6 +116,10 @@ def main() -> None:
   spec = next(
       (a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None
   )
+  # Until a training loop installs its own handlers (which save first),
+  # SIGTERM and SIGINT end the run with their exit code and one line.
+  if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+    signal.signal(signal.SIGTERM, _raise_terminated)
   try:
     if spec is not None:
       config_lib.check_override_keys(config_lib.load(spec), argv[1:])
@@ -94,7 +127,27 @@ def main() -> None:
   except USER_ERRORS as e:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
     print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(EXIT_USER_ERROR)
+  except FloatingPointError as e:  # loop.NonFinite: the checkpoint is kept
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(loop.EXIT_NON_FINITE)
+  except KeyboardInterrupt:
+    print(
+        "interrupted (SIGINT): stopped without saving this step; checkpoints"
+        " already written are kept (rerun to resume from the last one).",
+        file=sys.stderr,
+    )
+    sys.exit(EXIT_SIGINT)
+  except _Terminated:
+    print(
+        "terminated (SIGTERM) outside a training step: nothing new saved;"
+        " checkpoints already written are kept (rerun to resume).",
+        file=sys.stderr,
+    )
+    sys.exit(EXIT_SIGTERM)
+  except loop.Stopped as e:
+    print(f"stopped by {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

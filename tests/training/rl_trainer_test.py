@@ -262,3 +262,35 @@ def test_rl_failures_surface_through_main_cli(tmp_path):
   )
   assert proc.returncode == 2
   assert "rl.group_size=1" in proc.stderr
+
+
+@pytest.mark.slow  # ~50 s of CPU: three RL runs (compiles twice)
+def test_rl_sigterm_saves_stops_with_143_and_resumes_with_its_config(tmp_path):
+  from w2s_jax.training import loop  # noqa: PLC0415
+  from w2s_jax.training import workdir as workdir_lib  # noqa: PLC0415
+
+  wd = str(tmp_path / "w")
+  over = {
+      "train.steps": 3,
+      "train.save_every": 10,
+      "train.log_every": 1,
+      "rl.prompts_per_step": 2,
+      "rl.group_size": 2,
+      "rl.max_new_tokens": 4,
+      "rl.reward_workers": 0,
+  }
+  kill = {"train.debug_kill_at": 1, "train.debug_kill_signal": "SIGTERM"}
+  with pytest.raises(loop.Stopped) as e:  # a real SIGTERM to this process
+    main.run_job(_cfg("configs/grpo.py:runlocal", **over, **kill), wd)
+  assert e.value.exit_code == 143
+  saved = e.value.step
+  assert os.listdir(os.path.join(wd, "checkpoints")) == [str(saved)]
+  assert [r["step"] for r in metrics.read_metrics(wd)] == list(
+      range(1, saved + 1)
+  )
+  with pytest.raises(workdir_lib.WorkdirError, match="rl.group_size: 2 -> 4"):
+    main.run_job(
+        _cfg("configs/grpo.py:runlocal", **{**over, "rl.group_size": 4}), wd
+    )
+  main.run_job(_cfg("configs/grpo.py:runlocal", **over), wd)
+  assert [r["step"] for r in metrics.read_metrics(wd)] == [1, 2, 3]

@@ -1,7 +1,9 @@
 """The training loop through `main`: resume, signals, export, errors."""
 
+import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +14,7 @@ import pytest
 
 from w2s_jax import config_lib, testing
 from w2s_jax.data import synthetic, traces
-from w2s_jax.training import trainer
+from w2s_jax.training import metrics, trainer
 
 ROOT = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,6 +25,17 @@ TINY = [
     "--config.student.overrides.mlp_dim=64",
     "--config.train.tensorboard=False",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _sigint_not_ignored():
+  # A test runner started in the background ignores SIGINT, and so would
+  # its children (ignored signals survive exec); these tests send it.
+  old = signal.getsignal(signal.SIGINT)
+  if old is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, old)
 
 
 def _main(workdir, config, *extra, check=True):
@@ -38,7 +51,7 @@ def _main(workdir, config, *extra, check=True):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   proc = subprocess.run(
       cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-  )
+  )  # fmt: skip
   if check and proc.returncode != 0:
     raise AssertionError(
         f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -56,43 +69,97 @@ def _cfg(spec, **over):
   return cfg
 
 
-def test_resume_after_sigkill_is_exact(tmp_path):
+def _hashes(workdir):
+  out = {}
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, workdir)] = hashlib.sha256(f.read()).digest()
+  return out
+
+
+def _steps(workdir):
+  return [r["step"] for r in metrics.read_metrics(workdir)]
+
+
+def test_resume_after_sigkill_is_exact_and_finished_workdirs_are_kept(
+    tmp_path,
+):
   straight, killed = str(tmp_path / "a"), str(tmp_path / "b")
-  args = ["--config.train.steps=6", "--config.train.save_every=3"]
+  args = [
+      "--config.train.steps=6",
+      "--config.train.save_every=3",
+      "--config.train.log_every=1",
+  ]
   _main(straight, "configs/sft.py:runlocal", *args)
   proc = _main(
       killed,
       "configs/sft.py:runlocal",
       *args,
-      "--config.train.debug_kill_at=3",
+      "--config.train.debug_kill_at=5",
       check=False,
   )
   assert proc.returncode == -signal.SIGKILL
   assert sorted(os.listdir(os.path.join(killed, "checkpoints")))[:1] == ["3"]
   assert not os.path.exists(os.path.join(killed, "export"))
+  assert _steps(killed) == [1, 2, 3, 4]  # 4 is past the checkpoint
   _main(killed, "configs/sft.py:runlocal", *args)
   a, b = testing.load_export(straight), testing.load_export(killed)
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  # One row per step, each the uninterrupted run's.
+  assert metrics.read_metrics(killed) == metrics.read_metrics(straight)
+
+  # A finished workdir: the same config says so and touches nothing;
+  # another config is refused naming the key; neither changes a file.
+  before = _hashes(killed)
+  proc = _main(killed, "configs/sft.py:runlocal", *args)
+  assert "is finished" in proc.stdout and '"final"' not in proc.stdout
+  proc = _main(
+      killed, "configs/sft.py:runlocal", *args, "--config.optim.lr=0.5",
+      check=False,
+  )  # fmt: skip
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  (line,) = proc.stderr.strip().splitlines()
+  assert "optim.lr: 0.001 -> 0.5" in line and "new --workdir" in line
+  assert _hashes(killed) == before
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize(
+    "sig,code", [("SIGTERM", 143), ("SIGINT", 130)]
+)  # fmt: skip
+def test_signal_saves_exits_with_its_code_and_resumes(tmp_path, sig, code):
   wd = str(tmp_path / "t")
+  args = [
+      "--config.train.steps=8",
+      "--config.train.save_every=100",
+      "--config.train.log_every=1",
+  ]
   proc = _main(
       wd,
       "configs/sft.py:runlocal",
-      "--config.train.steps=50",
-      "--config.train.save_every=100",
+      *args,
       "--config.train.debug_kill_at=2",
-      "--config.train.debug_kill_signal=SIGTERM",
+      f"--config.train.debug_kill_signal={sig}",
+      check=False,
   )
-  import re
-
+  assert proc.returncode == code, proc.stderr[-2000:]
+  assert '"final"' not in proc.stdout and "Traceback" not in proc.stderr
   # The signal lands after step 2; the loop saves at the next step boundary.
-  saved = re.search(r"SIGTERM received: saved step (\d+)", proc.stdout)
-  assert saved and int(saved.group(1)) in (2, 3), proc.stdout[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  saved = re.fullmatch(
+      rf"stopped by {sig}: saved step (\d+) in \S+; rerun the same command"
+      " to resume.",
+      last,
+  )
+  assert saved and int(saved.group(1)) in (2, 3), proc.stderr[-2000:]
   assert os.listdir(os.path.join(wd, "checkpoints")) == [saved.group(1)]
+  if sig == "SIGINT":
+    proc = _main(wd, "configs/sft.py:runlocal", *args)
+    assert '"final"' in proc.stdout
+    assert _steps(wd) == list(range(1, 9))
 
 
 def test_distill_checkpoint_has_no_teacher_and_export_matches_transformers(
@@ -179,26 +246,30 @@ def test_sft_on_trace_file_with_correct_filter(tmp_path):
   )
 
 
-def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path):
+def test_nan_loss_exits_3_with_one_line_and_keeps_last_checkpoint(tmp_path):
   wd = str(tmp_path / "nan")
-  cfg = _cfg(
+  proc = _main(
+      wd,
       "configs/sft.py:runlocal",
-      **{
-          "train.steps": 6,
-          "train.save_every": 2,
-          "optim.lr": 1e30,
-          "optim.grad_clip": 0.0,
-          "optim.warmup_frac": 0.0,
-          "optim.schedule": "constant",
-      },
+      "--config.train.steps=6",
+      "--config.train.save_every=2",
+      "--config.optim.lr=1e30",
+      "--config.optim.grad_clip=0.0",
+      "--config.optim.schedule=constant",
+      check=False,
   )
-  with pytest.raises(
-      FloatingPointError,
-      match=r"is (nan|inf) at step \d.*last good\s+checkpoint",
-  ):
-    trainer.train_and_evaluate(cfg, wd)
-  for step in os.listdir(os.path.join(wd, "checkpoints")):
-    assert step.isdigit()
+  assert proc.returncode == 3, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  m = re.fullmatch(
+      r"error: train/\w+ is (nan|inf) at step (\d); stopping. The last good"
+      r" checkpoint is step (\d|None) in \S+; .*rerun to resume\.",
+      last,
+  )
+  assert m, last
+  steps = os.listdir(os.path.join(wd, "checkpoints"))
+  assert all(s.isdigit() and int(s) < int(m.group(2)) for s in steps)
+  assert m.group(3) == (max(steps, key=int) if steps else "None")
 
 
 @pytest.mark.parametrize(
@@ -217,11 +288,13 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path):
             ["--config.teacher.hf_path=/nonexistent/ckpt"],
             r"/nonexistent/ckpt.*does not exist",
         ),
-        (["--config.teacher.overrides.vocab_size=8"], r"vocabularies differ"),
+        (
+            ["--config.teacher.overrides.vocab_size=8"],
+            r"teacher has 8 \(teacher.overrides.vocab_size=8\).*has \d+ tokens",
+        ),
     ],
 )
 def test_cli_bad_input(tmp_path, extra, msg):
-  import re
 
   proc = _main(
       str(tmp_path / "w"), "configs/distill.py:runlocal", *extra, check=False
@@ -251,4 +324,61 @@ def test_cli_teacher_tokenizer_mismatch(tmp_path):
       check=False,
   )
   assert proc.returncode == 2
-  assert "student/teacher" in proc.stderr, proc.stderr[-2000:]
+  (line,) = proc.stderr.strip().splitlines()
+  assert f"teacher.tokenizer={other}" in line, line
+  assert "does not match data.tokenizer=char" in line, line
+
+
+def test_cli_corrupt_checkpoint_and_tokenizer_files_are_one_line(tmp_path):
+  from w2s_jax import models  # noqa: PLC0415
+
+  ckpt = str(tmp_path / "teacher")
+  models.save_pretrained(
+      models.init_model(models.get_config("tiny-qwen2"), seed=1), ckpt
+  )
+  weights = os.path.join(ckpt, "model.safetensors")
+  with open(weights, "r+b") as f:
+    f.truncate(os.path.getsize(weights) // 2)
+  tok = tmp_path / "tok"
+  tok.mkdir()
+  (tok / "tokenizer.json").write_text('{"model": {"type": "BPE"}}')
+  for extra, path in [
+      (f"--config.teacher.hf_path={ckpt}", weights),
+      (f"--config.data.tokenizer={tok}", str(tok / "tokenizer.json")),
+  ]:
+    proc = _main(
+        str(tmp_path / "w"), "configs/distill.py:runlocal", extra, check=False
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and path in line, line
+
+
+@pytest.mark.slow  # ~25 s of CPU: one run, signalled from outside
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_from_another_process_saves_the_running_step(tmp_path, sig):
+  import time  # noqa: PLC0415
+
+  wd = str(tmp_path / "w")
+  cmd = [
+      sys.executable, "-m", "w2s_jax.main", "--config=configs/sft.py:runlocal",
+      f"--workdir={wd}", *TINY, "--config.train.steps=100000",
+      "--config.train.save_every=100000", "--config.train.log_every=1",
+  ]  # fmt: skip
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.Popen(
+      cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True,
+  )  # fmt: skip
+  deadline = time.time() + 300
+  while len(_steps(wd)) < 3 and time.time() < deadline:
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    time.sleep(0.2)
+  proc.send_signal(sig)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 128 + sig, err[-2000:]
+  assert '"final"' not in out and "Traceback" not in err
+  step = re.search(r"saved step (\d+) in", err.strip().splitlines()[-1])
+  assert step, err[-2000:]
+  assert os.listdir(os.path.join(wd, "checkpoints")) == [step.group(1)]
+  assert _steps(wd)[-1] == int(step.group(1))

@@ -14,6 +14,7 @@ Legend: D d_model, N heads, K kv heads, H head dim, F mlp width, V vocab.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -186,7 +187,7 @@ def read_config(path: str) -> dict[str, Any]:
   try:
     with open(cfg_path, encoding="utf-8") as f:
       return json.load(f)
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
 
 
@@ -276,10 +277,22 @@ def _weight_files(path: str) -> dict[str, str]:
   index = os.path.join(path, "model.safetensors.index.json")
   single = os.path.join(path, "model.safetensors")
   if os.path.isfile(index):
-    with open(index, encoding="utf-8") as f:
-      weight_map = json.load(f).get("weight_map")
-    if not weight_map:
-      raise ValueError(f"{index} has no 'weight_map'.")
+    try:
+      with open(index, encoding="utf-8") as f:
+        weight_map = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(
+          f"{index} is not valid JSON ({e}); re-download or re-export the"
+          " checkpoint."
+      ) from e
+    weight_map = (
+        weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+    )
+    if not weight_map or not isinstance(weight_map, dict):
+      raise ValueError(
+          f"{index} has no 'weight_map' object; re-download or re-export the"
+          " checkpoint."
+      )
     files = {k: os.path.join(path, v) for k, v in weight_map.items()}
     for key, file in files.items():
       if not os.path.isfile(file):
@@ -289,7 +302,7 @@ def _weight_files(path: str) -> dict[str, str]:
         )
     return files
   if os.path.isfile(single):
-    with safetensors.safe_open(single, "numpy") as f:
+    with _safe_open(single) as f:
       return {k: single for k in f.keys()}
   found = sorted(os.listdir(path))
   raise FileNotFoundError(
@@ -306,9 +319,32 @@ def _iter_tensors(
   for k in keys:
     by_file.setdefault(files[k], []).append(k)
   for file, file_keys in by_file.items():
-    with safetensors.safe_open(file, "numpy") as f:
+    with _safe_open(file) as f:
       for k in file_keys:
-        yield k, f.get_tensor(k)
+        try:
+          tensor = f.get_tensor(k)
+        except Exception as e:  # SafetensorError: truncated or corrupt data
+          raise _corrupt(file, e) from e
+        yield k, tensor
+
+
+@contextlib.contextmanager
+def _safe_open(file: str) -> Iterator[Any]:
+  """``safetensors.safe_open`` whose failures name the file (one line)."""
+  try:
+    handle = safetensors.safe_open(file, "numpy")
+  except Exception as e:  # SafetensorError: bad header, truncated file
+    raise _corrupt(file, e) from e
+  with handle as f:
+    yield f
+
+
+def _corrupt(file: str, e: Exception) -> ValueError:
+  reason = " ".join(str(e).split()) or type(e).__name__
+  return ValueError(
+      f"{file} is not a readable safetensors file ({reason}); it is corrupt"
+      " or truncated: re-download or re-export the checkpoint."
+  )
 
 
 def load_pretrained(

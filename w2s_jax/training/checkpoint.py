@@ -109,6 +109,17 @@ class Checkpointer:
     )
     return out["state"], dict(out["meta"] or {}), step
 
+  def read_meta(self, step: int | None = None) -> dict[str, Any]:
+    """The JSON ``meta`` of ``step`` (default: the latest), without the state;
+    {} when there is no checkpoint."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return {}
+    out = self._mngr.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+    )
+    return dict(out["meta"] or {})
+
   def wait(self) -> None:
     self._mngr.wait_until_finished()
 

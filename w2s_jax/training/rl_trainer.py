@@ -17,32 +17,32 @@ reference (a frozen copy of the initial student, built again from
 Host loop conventions follow ``trainer``: AOT-compiled update with donation,
 Checkpointer (params + optimizer + step + PRNG key + prompt iterator; resume
 is exact), MetricWriter (rewards, accuracy, lengths, clip fraction, KD term,
-wall time per phase and the host share), tqdm, NaN stop, SIGTERM save, and
-the export of the final student to ``workdir/export``.
+wall time per phase and the host share), tqdm, and the export of the final
+student to ``workdir/export``; the workdir identity check, the NaN stop and
+the SIGTERM / SIGINT save are ``training.workdir`` and ``training.loop``,
+shared with ``trainer``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import signal
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from flax import nnx
 
 from w2s_jax import config_lib, losses, sharding
-from w2s_jax.data import tokenizers as tokenizers_lib
 from w2s_jax.training import (
     checkpoint,
     inputs,
+    loop,
     metrics,
     optim,
+    pairing,
     rl_problems,
     rl_rewards,
     rl_steps,
@@ -50,6 +50,7 @@ from w2s_jax.training import (
     steps,
     trainer,
 )
+from w2s_jax.training import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +116,12 @@ def _build_models(config, method, need, mesh, workdir):
   tokenizer = inputs.load_tokenizer(config.data.tokenizer, workdir)
   teacher = "teacher" in need or "teacher" in method.frozen
   teacher = teacher or config.method == "kdrl"
-  if teacher and config.teacher.get("tokenizer"):
-    # Checked before any model is built: a mismatch fails in seconds.
-    t_tok = inputs.load_tokenizer(config.teacher.tokenizer, workdir)
-    tokenizers_lib.check_compatible(tokenizer, t_tok, what="student/teacher")
+  if teacher:  # checked before any model is built: fails in seconds
+    pairing.check_tokenizers(config, tokenizer, ("teacher",), workdir)
   student = trainer.build_model(config.student, tokenizer, mesh)
   others = {}
   if teacher:
     others["teacher"] = trainer.build_model(config.teacher, tokenizer, mesh)
-    trainer._check_vocab(student, others["teacher"], "teacher", tokenizer)  # noqa: SLF001
   if "ref" in need:
     # A frozen copy of the initial student, built again from its config.
     others["ref"] = trainer.build_model(config.student, tokenizer, mesh)
@@ -142,12 +140,27 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   total = int(config.train.steps)
   updates = int(config.rl.updates_per_rollout)
   mesh = sharding.make_mesh(tuple(config.get("mesh_shape", (-1, 1, 1))))
+  ckpt = checkpoint.Checkpointer(
+      os.path.join(workdir, "checkpoints"),
+      save_every=int(config.train.save_every),
+      keep=int(config.train.keep),
+  )
+  resume = workdir_lib.check_resume(config, workdir, ckpt)
+  if resume.finished:
+    ckpt.close()
+    print(workdir_lib.finished_message(workdir, resume.step))
+    return {}
 
   # Models are built (and sharded on arrival) before the mesh becomes the
   # ambient one, as in ``trainer``: their initialisers resolve logical axes.
   tokenizer, student, others = _build_models(
       config, method, need, mesh, workdir
   )
+  if "teacher" in others:  # padded widths: logits sliced to the tokenizer
+    widths = {"student": student.cfg.vocab_size}
+    widths["teacher"] = others["teacher"].cfg.vocab_size
+    shared = pairing.shared_vocab(config, tokenizer, widths)
+    loss_cfg["vocab_size"] = shared or loss_cfg.get("vocab_size", 0)
   with jax.set_mesh(mesh):
     frozen: dict[str, Any] = {}
     graphdefs: dict[str, Any] = {}
@@ -167,11 +180,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         method_name, config.data, config.rl, tokenizer
     )
     source = rl_problems.PromptSource(problems, int(config.seed))
-    ckpt = checkpoint.Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        save_every=int(config.train.save_every),
-        keep=int(config.train.keep),
-    )
     start = 0
     if ckpt.latest_step() is not None:
       saved, meta, start = ckpt.restore({**train_state, "rng": rng})
@@ -214,9 +222,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         logprob_fn=student_lp,
         vocab_size=vocab,
     )
-    loop = _Loop(
+    host_loop = _Loop(
         config, workdir, ckpt, roller, update_fn, score_fn, update_frozen,
-        score_frozen, mesh, base_key, rng,
+        score_frozen, mesh, base_key, rng, start,
     )  # fmt: skip
     try:
       if method_name != "gkd":  # GKD grades nothing
@@ -228,13 +236,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                 str(config.rl.reward_fn) if config.rl.reward == "fn" else ""
             ),
         )
-      train_state, last = loop.run(train_state, start, total)
+      train_state, last = host_loop.run(train_state, start, total)
     finally:
       if roller.pool is not None:
         roller.pool.close()
       ckpt.close()
-      loop.writer.close()
-    final_step = loop.done
+      host_loop.writer.close()
+    final_step = host_loop.done
     if final_step == total and config.train.get("export", True):
       model = nnx.merge(s_graphdef, train_state["params"])
       trainer.export_model(model, os.path.join(workdir, "export"))
@@ -246,7 +254,7 @@ class _Loop:
 
   def __init__(
       self, config, workdir, ckpt, roller, update_fn, score_fn, update_frozen,
-      score_frozen, mesh, base_key, rng,
+      score_frozen, mesh, base_key, rng, start,
   ):  # fmt: skip
     self.config, self.ckpt, self.roller = config, ckpt, roller
     self.update_fn, self.score_fn = update_fn, score_fn
@@ -258,8 +266,11 @@ class _Loop:
     self.lcfg = config.loss
     self.updates = int(config.rl.updates_per_rollout)
     self.writer = metrics.MetricWriter(
-        workdir, tensorboard=bool(config.train.get("tensorboard", True))
+        workdir,
+        tensorboard=bool(config.train.get("tensorboard", True)),
+        start_step=start,
     )
+    self.ident = {"config": workdir_lib.config_dict(config)}
     self.compiled = None
     self.done = 0
 
@@ -328,59 +339,37 @@ class _Loop:
   def _flat(self, batch):
     return {k: self.roller.put(v) for k, v in batch.items()}
 
-  def _check(self, host: dict[str, float], step: int) -> None:
-    for k in ("train/loss", "train/param_norm"):
-      if not math.isfinite(host.get(k, 0.0)):
-        good = self.ckpt.latest_step()
-        raise FloatingPointError(
-            f"{k} is {host[k]} at step {step}; stopping. The last good"
-            f" checkpoint is step {good} in {self.ckpt.directory}; lower"
-            " optim.lr (or loss.kd_beta_init), then rerun to resume."
-        )
-
   def run(self, train_state, start: int, total: int):
     tcfg = self.config.train
     log_every = int(tcfg.get("log_every", 10))
     last: dict[str, float] = {}
     self.done = start
-    with trainer._Sigterm() as sigterm:  # noqa: SLF001
-      bar = tqdm.tqdm(
-          range(start, total),
-          initial=start,
-          total=total,
-          desc=self.method,
-          disable=jax.process_index() != 0,
-      )
+    with loop.StopSignals() as signals:
+      bar = loop.progress(start, total, self.method)
       for step in bar:
         train_state, host = self.one_step(train_state, step)
         done = step + 1
-        self._check(host, done)
+        loop.check_finite(
+            host, done, self.ckpt, "lower optim.lr (or loss.kd_beta_init)"
+        )
         self.done, last = done, host
-        if done % log_every == 0 or done == total or sigterm.received:
+        stopping = signals.received is not None
+        if done % log_every == 0 or done == total or stopping:
           self.writer.write(done, host)
         must_save = (
-            done % self.ckpt.save_every == 0
-            or done == total
-            or sigterm.received
+            done % self.ckpt.save_every == 0 or done == total or stopping
         )
         if must_save:
           self.ckpt.save(
               done,
               {**train_state, "rng": self.rng},
-              {"prompts": self.roller.source.get_state()},
+              {"prompts": self.roller.source.get_state(), **self.ident},
               force=True,
           )
         bar.set_postfix(
             reward=f"{host.get('rollout/reward_mean', 0.0):.3f}",
             loss=f"{host['train/loss']:.4f}",
         )
-        if sigterm.received:
-          log.warning("SIGTERM: saved step %d, exiting.", done)
-          print(
-              f"SIGTERM received: saved step {done} in {self.ckpt.directory}."
-          )
-          break
-        if done == int(tcfg.get("debug_kill_at", 0)):
-          self.ckpt.wait()
-          os.kill(os.getpid(), getattr(signal, str(tcfg.debug_kill_signal)))
+        loop.stop_if_signalled(signals, done, self.ckpt)
+        loop.debug_kill(tcfg, done, self.ckpt)
     return train_state, last

@@ -6,33 +6,43 @@ Only the jitted step touches the device. The loop schedules, logs and saves:
   train state donated; its ``memory_analysis()`` is logged;
 * step n+1 is dispatched before step n's metrics are read (except on steps
   that save, which must read them first: the state is donated);
-* a non-finite loss or parameter norm stops the run with a message and
-  leaves the last good checkpoint in place (the bad state is never saved);
-* SIGTERM saves a checkpoint and returns cleanly;
-* resume restores params, optimizer, step and the data iterator exactly.
+* a non-finite loss or parameter norm stops the run (``loop.NonFinite``,
+  exit 3) and leaves the last good checkpoint in place (the bad state is
+  never saved);
+* SIGTERM / SIGINT save a checkpoint and raise ``loop.Stopped`` (exit
+  143 / 130);
+* resume restores params, optimizer, step and the data iterator exactly,
+  after ``workdir.check_resume`` checked the config against the one the
+  checkpoint was trained with; a finished workdir is left untouched.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import signal
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from flax import nnx
 from jax.sharding import NamedSharding
 
 from w2s_jax import config_lib, sharding
-from w2s_jax.data import tokenizers as tokenizers_lib
 from w2s_jax.models import config as model_config
 from w2s_jax.models import hf_io, transformer
-from w2s_jax.training import checkpoint, inputs, lora, metrics, optim, steps
+from w2s_jax.training import (
+    checkpoint,
+    inputs,
+    loop,
+    lora,
+    metrics,
+    optim,
+    pairing,
+    steps,
+)
+from w2s_jax.training import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -76,39 +86,6 @@ def build_model(
   return transformer.init_model(cfg, seed=int(mcfg.get("seed", 0)), mesh=mesh)
 
 
-def _check_vocab(student, other, name: str, tokenizer) -> None:
-  vs, vo = student.cfg.vocab_size, other.cfg.vocab_size
-  if vs != vo and (tokenizer is None or tokenizer.vocab_size > min(vs, vo)):
-    raise ValueError(
-        f"student and {name} vocabularies differ ({vs} vs {vo}) and no shared"
-        " tokenizer vocabulary fits both; distillation needs the same"
-        " tokenizer (set loss.vocab_size to the tokenizer size for Qwen's"
-        " padded widths)."
-    )
-
-
-class _Sigterm:
-
-  def __init__(self):
-    self.received = False
-    self._old = None
-
-  def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._old = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.received = True
-
-  def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
-
-
 def _batch_sharding(mesh, local_shape: tuple[int, ...]) -> NamedSharding:
   """[M, b, ...] micro-batches: rows on the data axes (those that divide)."""
   shape = (
@@ -142,6 +119,25 @@ def train_and_evaluate(
   """
   config_lib.validate(config, _METHOD_CHECKS.get(str(config.method), ()))
   os.makedirs(workdir, exist_ok=True)
+  tcfg = config.train
+  ckpt = checkpoint.Checkpointer(
+      os.path.join(workdir, "checkpoints"),
+      save_every=int(tcfg.save_every),
+      keep=int(tcfg.keep),
+  )
+  resume = workdir_lib.check_resume(config, workdir, ckpt)
+  if resume.finished:
+    ckpt.close()
+    print(workdir_lib.finished_message(workdir, resume.step))
+    return {}
+  try:
+    return _train(config, workdir, ckpt, eval_fn)
+  finally:
+    ckpt.close()
+
+
+def _train(config, workdir, ckpt, eval_fn) -> dict[str, Any]:
+  """``train_and_evaluate`` once the workdir is checked."""
   tcfg, lcfg = config.train, config.loss
   method = steps.get_method(config.method)
   mesh = sharding.make_mesh(tuple(config.get("mesh_shape", (-1, 1, 1))))
@@ -149,14 +145,25 @@ def train_and_evaluate(
   # Models are built (and sharded on arrival) before the mesh becomes the
   # ambient one: abstract HF loading resolves logical axes itself.
   tokenizer = inputs.load_tokenizer(config.data.tokenizer, workdir)
+  if "teacher" in method.frozen:
+    pairing.check_tokenizers(config, tokenizer, ("teacher",), workdir)
   student = build_model(config.student, tokenizer, mesh)
   frozen_models = {}
+  vocab = None
   if "teacher" in method.frozen:
-    if config.teacher.get("tokenizer"):
-      t_tok = inputs.load_tokenizer(config.teacher.tokenizer, workdir)
-      tokenizers_lib.check_compatible(tokenizer, t_tok, what="student/teacher")
     frozen_models["teacher"] = build_model(config.teacher, tokenizer, mesh)
-    _check_vocab(student, frozen_models["teacher"], "teacher", tokenizer)
+    vocab = pairing.shared_vocab(
+        config,
+        tokenizer,
+        {
+            "student": student.cfg.vocab_size,
+            "teacher": frozen_models["teacher"].cfg.vocab_size,
+        },
+    )
+  elif config.method in steps.CACHE_METHODS:
+    # The teacher is the cache (its tokenizer fingerprint is checked against
+    # data.tokenizer on open); the student must cover the tokenizer too.
+    pairing.shared_vocab(config, tokenizer, {"student": student.cfg.vocab_size})
   if "ref" in method.frozen:
     frozen_models["ref"] = build_model(config.student, tokenizer, mesh)
 
@@ -196,11 +203,6 @@ def train_and_evaluate(
         int(config.seed),
         micro_batches=micro,
     )
-    ckpt = checkpoint.Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        save_every=int(tcfg.save_every),
-        keep=int(tcfg.keep),
-    )
     start = 0
     if ckpt.latest_step() is not None:
       train_state, meta, start = ckpt.restore(train_state)
@@ -209,6 +211,8 @@ def train_and_evaluate(
     config_lib.save_resolved(config, workdir)
 
     loss_cfg = dict(lcfg.to_dict())
+    if vocab:  # padded widths: logits sliced to the shared tokenizer
+      loss_cfg["vocab_size"] = vocab
     if config.method in steps.CACHE_METHODS:
       loss_cfg.update(_cache_loss_cfg(batches.reader.header, loss_cfg))
     spec = steps.StepSpec(
@@ -233,8 +237,11 @@ def train_and_evaluate(
       )
 
     writer = metrics.MetricWriter(
-        workdir, tensorboard=bool(tcfg.get("tensorboard", True))
+        workdir,
+        tensorboard=bool(tcfg.get("tensorboard", True)),
+        start_step=start,
     )
+    ident = {"config": workdir_lib.config_dict(config)}
     log_every = int(tcfg.get("log_every", 10))
     eval_every = int(tcfg.get("eval_every", 0))
     last: dict[str, float] = {}
@@ -243,78 +250,58 @@ def train_and_evaluate(
 
     def check(step_metrics, step):
       host = metrics.to_host(step_metrics)
-      bad = [
-          k
-          for k in ("train/loss", "train/param_norm")
-          if not math.isfinite(host.get(k, 0.0))
-      ]
-      if bad:
-        good = ckpt.latest_step()
-        raise FloatingPointError(
-            f"{bad[0]} is {host[bad[0]]} at step {step}; stopping. The last"
-            f" good checkpoint is step {good} in {ckpt.directory}; lower"
-            " optim.lr or check the data for empty/garbled rows, then rerun to"
-            " resume."
-        )
+      loop.check_finite(
+          host,
+          step,
+          ckpt,
+          "lower optim.lr or check the data for empty/garbled rows",
+      )
       return host
 
-    with _Sigterm() as sigterm:
-      bar = tqdm.tqdm(
-          range(start, total),
-          initial=start,
-          total=total,
-          desc=config.method,
-          disable=jax.process_index() != 0,
-      )
-      for step in bar:
-        if step > start or batch is None:
-          batch = _to_device(inputs.split_micro(next(batches), micro), mesh)
-        train_state, step_metrics = compiled(train_state, frozen, batch)
-        batch = None
+    try:
+      with loop.StopSignals() as signals:
+        bar = loop.progress(start, total, str(config.method))
+        for step in bar:
+          if step > start or batch is None:
+            batch = _to_device(inputs.split_micro(next(batches), micro), mesh)
+          train_state, step_metrics = compiled(train_state, frozen, batch)
+          batch = None
+          if pending is not None:
+            host = check(*pending)
+            if pending[1] % log_every == 0:
+              writer.write(pending[1], host)
+            last = host
+          pending = (step_metrics, step + 1)
+          done = step + 1
+          stopping = signals.received is not None
+          if done % ckpt.save_every == 0 or done == total or stopping:
+            host = check(*pending)
+            writer.write(done, host)
+            last, pending = host, None
+            ckpt.save(
+                done,
+                train_state,
+                {"data": _encode_state(batches.get_state()), **ident},
+                force=True,
+            )
+            bar.set_postfix(loss=f"{host['train/loss']:.4f}")
+          if eval_fn is not None and eval_every and done % eval_every == 0:
+            model = _student(spec, s_graphdef, train_state, frozen)
+            writer.write(done, eval_fn(model, done))
+          loop.stop_if_signalled(signals, done, ckpt)
+          loop.debug_kill(tcfg, done, ckpt)
         if pending is not None:
-          host = check(*pending)
-          if pending[1] % log_every == 0:
-            writer.write(pending[1], host)
-          last = host
-        pending = (step_metrics, step + 1)
-        done = step + 1
-        must_save = (
-            done % ckpt.save_every == 0 or done == total or sigterm.received
-        )
-        if must_save:
-          host = check(*pending)
-          writer.write(done, host)
-          last, pending = host, None
-          ckpt.save(
-              done,
-              train_state,
-              {"data": _encode_state(batches.get_state())},
-              force=True,
-          )
-          bar.set_postfix(loss=f"{host['train/loss']:.4f}")
-        if eval_fn is not None and eval_every and done % eval_every == 0:
-          model = _student(spec, s_graphdef, train_state, frozen)
-          writer.write(done, eval_fn(model, done))
-        if sigterm.received:
-          log.warning("SIGTERM: saved step %d, exiting.", done)
-          print(f"SIGTERM received: saved step {done} in {ckpt.directory}.")
-          break
-        if done == int(tcfg.get("debug_kill_at", 0)):
-          # Fault injection for the resume/SIGTERM tests: a real signal.
-          ckpt.wait()
-          os.kill(os.getpid(), getattr(signal, str(tcfg.debug_kill_signal)))
-      if pending is not None:
-        last = check(*pending)
-        writer.write(pending[1], last)
-    ckpt.close()
-
-    final_step = int(jax.device_get(train_state["step"]))
-    model = _student(spec, s_graphdef, train_state, frozen)
-    if eval_fn is not None and final_step == total:
-      result = eval_fn(model, final_step)
-      writer.write(final_step, result)
-      last.update(result)
-    writer.close()
+          last = check(*pending)
+          writer.write(pending[1], last)
+      ckpt.wait()
+      final_step = int(jax.device_get(train_state["step"]))
+      model = _student(spec, s_graphdef, train_state, frozen)
+      if eval_fn is not None and final_step == total:
+        result = eval_fn(model, final_step)
+        writer.write(final_step, result)
+        last.update(result)
+    finally:
+      writer.close()
     if final_step == total and tcfg.get("export", True):
       export_model(model, os.path.join(workdir, "export"))
   return last
