@@ -36,6 +36,12 @@ ARGS = [
     "--config.student.overrides.num_layers=1",
     "--config.mesh_shape=(2,2,1)",
 ]
+# A dense reward (share of '7's): non-constant groups from a random student,
+# so the advantages, the loss and the updates are not zero.
+REWARD = """
+def sevens(completion, gold):
+  return completion.count("7") / max(len(completion), 1)
+"""
 FAILING_GRADER = """
 import os
 
@@ -79,11 +85,20 @@ def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("rlmp")
   multi, single, logs = tmp / "multi", tmp / "single", tmp / "logs"
   logs.mkdir()
-  p_multi = _launch([*ARGS, f"--workdir={multi}"], logs)
+  (tmp / "rl_mp_reward.py").write_text(REWARD)
+  args = [
+      *ARGS,
+      "--config.rl.reward=fn",
+      "--config.rl.reward_fn=rl_mp_reward:sevens",
+  ]
+  path = f"{ROOT}:{tmp}"
+  p_multi = _launch([*args, f"--workdir={multi}"], logs, PYTHONPATH=path)
   p_single = subprocess.Popen(
-      [sys.executable, "-m", "w2s_jax.main", *ARGS, f"--workdir={single}"],
+      [sys.executable, "-m", "w2s_jax.main", *args, f"--workdir={single}"],
       cwd=ROOT,
-      env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+      env=_env(
+          XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONPATH=path
+      ),
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,
@@ -110,6 +125,7 @@ def test_two_processes_match_one_process(runs):
     for k in keys:
       np.testing.assert_allclose(rm[k], rs[k], rtol=1e-5, atol=1e-7, err_msg=k)
   assert "rollout/reward_mean" in rows_s[-1] and "grpo/kl" in rows_s[-1]
+  assert all(r["rollout/adv_abs_mean"] > 0 for r in rows_s)
   assert rows_s[-1]["train/loss"] != rows_s[0]["train/loss"]
   t_m, t_s = testing.load_export(multi), testing.load_export(single)
   for k in t_s:
@@ -132,10 +148,12 @@ def test_grader_failing_on_one_process_stops_every_process(tmp_path):
   _, err = p.communicate(timeout=300)
   proc1 = (logs / "proc1.log").read_text()
   assert p.returncode != 0
+  assert "grader dependency missing on this host" in err
   for text in (err, proc1):  # the same one-line error on both processes
-    assert "failed on 1 of 2 processes (process 1: ImportError" in text, text[
-        -2000:
-    ]
+    assert (
+        "failed on 1 of 2 processes (process 1: ValueError: rl.reward_fn="
+        in text
+    ), text[-2000:]
   assert not os.path.exists(wd / "metrics.jsonl")
   assert not os.path.exists(wd / "checkpoints") or not os.listdir(
       wd / "checkpoints"
