@@ -15,10 +15,18 @@ import optax
 import pytest
 from flax import nnx
 
-from w2s_jax import config_lib, main, testing
+from w2s_jax import config_lib, main, sharding, testing
 from w2s_jax.models import config as model_config
 from w2s_jax.models import hf_io, transformer
-from w2s_jax.training import inputs, lora, rl_steps, rl_trainer, rollouts, steps
+from w2s_jax.training import (
+  inputs,
+  lora,
+  metrics,
+  rl_steps,
+  rl_trainer,
+  rollouts,
+  steps,
+)
 
 ROOT = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,6 +107,7 @@ def _cfg(**over):
   cfg.optim.schedule = "constant"
   cfg.optim.lr = 1e-2
   cfg.lora.rank = RANK
+  cfg.rl.reward = "surrogate"  # length-dependent: non-zero advantages
   config_lib.set_keys(cfg, over)
   return cfg
 
@@ -109,6 +118,9 @@ def test_lora_rl_checkpoints_adapters_only_and_resumes_exactly(tmp_path):
   main.run_job(_cfg(**{"train.steps": 3}), straight)
   main.run_job(_cfg(**{"train.steps": 1}), parts)
   main.run_job(_cfg(**{"train.steps": 3}), parts)
+  rows = metrics.read_metrics(straight)
+  assert any(r["rollout/adv_abs_mean"] > 0 for r in rows)
+  assert all(r["train/grad_norm"] > 0 for r in rows)
   a, b = testing.load_export(straight), testing.load_export(parts)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -123,7 +135,8 @@ def test_lora_rl_checkpoints_adapters_only_and_resumes_exactly(tmp_path):
   # again from the config, as the run does), only targeted kernels moved.
   cfg = _cfg()
   tok = inputs.load_tokenizer(cfg.data.tokenizer, str(tmp_path / "tok"))
-  base = rl_trainer.trainer.build_model(cfg.student, tok, None)
+  mesh = sharding.make_mesh(tuple(cfg.mesh_shape))
+  base = rl_trainer.trainer.build_model(cfg.student, tok, mesh)
   hf_io.save_pretrained(base, str(tmp_path / "base" / "export"))
   b0 = testing.load_export(str(tmp_path / "base"))
   moved = {k for k in a if not np.array_equal(a[k], b0[k])}
