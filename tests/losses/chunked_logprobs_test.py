@@ -45,9 +45,13 @@ def test_values_match_float64(chunk):
   np.testing.assert_array_equal(lp_only, lp)
 
 
-def test_gradients_match_dense():
-  """Any downstream (non-linear) use of lp and H: same h and W gradients."""
+@pytest.mark.parametrize("layout", ["DV", "VD"])
+def test_gradients_match_dense(layout):
+  """Any downstream (non-linear) use of lp and H: same h and W gradients;
+  'VD' takes a tied [V, D] embedding table as it is."""
   h, w, y = _inputs(1)
+  if layout == "VD":
+    w = w.T
   k = jax.random.split(jax.random.key(9), 2)
   a = jax.random.normal(k[0], (N_B, N_L))
 
@@ -57,12 +61,19 @@ def test_gradients_match_dense():
   def chunked(h, w):
     return downstream(
         *chunked_logprobs.chunked_token_logprobs(
-            h, w, y, temperature=1.3, vocab_size=45, entropy=True, chunk_size=5
+            h,
+            w,
+            y,
+            temperature=1.3,
+            vocab_size=45,
+            entropy=True,
+            w_layout=layout,
+            chunk_size=5,
         )
     )
 
   def dense(h, w):
-    z = h @ w
+    z = h @ (w if layout == "DV" else w.T)
     return downstream(
         losses.token_logprobs(z, y, temperature=1.3, vocab_size=45),
         losses.token_entropy(z, temperature=1.3, vocab_size=45),
@@ -76,7 +87,8 @@ def test_gradients_match_dense():
     assert scale > 0
     np.testing.assert_allclose(a_, b_, rtol=1e-5, atol=1e-5 * scale)
   # The padded logit columns (45..49) get exactly zero gradient.
-  assert float(jnp.max(jnp.abs(gc[1][:, 45:]))) == 0.0
+  pad = gc[1][:, 45:] if layout == "DV" else gc[1][45:]
+  assert float(jnp.max(jnp.abs(pad))) == 0.0
 
 
 def test_no_vocab_sized_intermediate_beyond_one_chunk():

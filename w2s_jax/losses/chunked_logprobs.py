@@ -39,8 +39,37 @@ from w2s_jax.losses.chunked import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_DW_BLOCKS,
     _accumulate_dw,
+    _block_layout,
     _to_chunks,
 )
+
+# Contractions of h [C, D] with W in either layout: [D, V] (an lm head) or
+# [V, D] (a tied embedding table, used as it is: no transposed copy of it).
+_LOGITS = {"DV": "cd,dv->cv", "VD": "cd,vd->cv"}
+_DH = {"DV": "cv,dv->cd", "VD": "cv,vd->cd"}
+
+
+def _accumulate_dw_vd(dw_VD, h_CD, g_CV, dw_blocks):
+  """dW_VD += g_Cᵀ·h_C in vocab blocks, in place (see `_accumulate_dw`)."""
+  v, d = dw_VD.shape
+  if dw_blocks <= 1:
+    return dw_VD + jnp.einsum(
+        "cv,cd->vd", g_CV, h_CD, preferred_element_type=jnp.float32
+    )
+  p, q, r = _block_layout(v, dw_blocks)
+  g_CPQR = g_CV.reshape(g_CV.shape[0], p, q, r)
+
+  def update(j, dw_PQRD):
+    g_blk = jax.lax.dynamic_index_in_dim(g_CPQR, j, axis=2, keepdims=False)
+    upd = jnp.einsum(
+        "cpr,cd->prd", g_blk, h_CD, preferred_element_type=jnp.float32
+    )
+    cur = jax.lax.dynamic_index_in_dim(dw_PQRD, j, axis=1, keepdims=False)
+    return jax.lax.dynamic_update_index_in_dim(dw_PQRD, cur + upd, j, axis=1)
+
+  return jax.lax.fori_loop(0, q, update, dw_VD.reshape(p, q, r, d)).reshape(
+      v, d
+  )
 
 
 def _from_chunks(x_nC: jax.Array, n_tokens: int) -> jax.Array:
@@ -59,11 +88,14 @@ def _token_stats(z_CV, y_C, tau: float, entropy: bool):
   return tok, ent
 
 
-def _make(width: int, tau: float, entropy: bool, dw_blocks: int):
-  """custom_vjp of (h [n, C, D], W [D, V], y [n, C]) -> (lp[, H]) [n, C]."""
+def _make(width: int, tau: float, entropy: bool, dw_blocks: int, layout: str):
+  """custom_vjp of (h [n, C, D], W [D, V] or [V, D], y [n, C]) -> (lp[, H])
+  [n, C]."""
 
   def chunk_fn(h_CD, w_DV, y_C):
-    z = jnp.einsum("cd,dv->cv", h_CD, w_DV, preferred_element_type=jnp.float32)
+    z = jnp.einsum(
+        _LOGITS[layout], h_CD, w_DV, preferred_element_type=jnp.float32
+    )
     return _token_stats(z[:, :width], y_C, tau, entropy)
 
   @jax.custom_vjp
@@ -84,18 +116,21 @@ def _make(width: int, tau: float, entropy: bool, dw_blocks: int):
       # Recompute the chunk's logits: W·h and the vjp through the softmax
       # statistics, with the cotangent restricted to the first `width`
       # columns (padded logit columns get zero gradient, dW keeps W's shape).
-      z = jnp.einsum("cd,dv->cv", h_C, w_DV, preferred_element_type=jnp.float32)
+      z = jnp.einsum(
+          _LOGITS[layout], h_C, w_DV, preferred_element_type=jnp.float32
+      )
       _, vjp_fn = jax.vjp(
           lambda z: _token_stats(z[:, :width], y_C, tau, entropy), z
       )
       (g_CV,) = vjp_fn(ct_C)
       dh_C = jnp.einsum(
-          "cv,dv->cd",
+          _DH[layout],
           g_CV.astype(w_DV.dtype),
           w_DV,
           preferred_element_type=jnp.float32,
       ).astype(h_C.dtype)
-      dw = _accumulate_dw(dw, h_C, g_CV.astype(h_C.dtype), dw_blocks)
+      acc = _accumulate_dw if layout == "DV" else _accumulate_dw_vd
+      dw = acc(dw, h_C, g_CV.astype(h_C.dtype), dw_blocks)
       return dw, dh_C
 
     cts = tuple(jnp.asarray(c, jnp.float32) for c in cts)
@@ -116,6 +151,7 @@ def chunked_token_logprobs(
     temperature: float = 1.0,
     vocab_size: int | None = None,
     entropy: bool = False,
+    w_layout: str = "DV",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     dw_blocks: int = DEFAULT_DW_BLOCKS,
 ) -> tuple[jax.Array, jax.Array | None]:
@@ -128,11 +164,13 @@ def chunked_token_logprobs(
   Args:
     h_ND: [..., D] final hidden states (already shifted: row t predicts
       targets[t]).
-    w_DV: [D, V] unembedding (embedding.T when tied).
+    w_DV: [D, V] unembedding, or with ``w_layout='VD'`` a [V, D] tied
+      embedding table as it is stored (no transposed copy is formed).
     targets_N: [...] int target ids (< vocab_size).
     temperature: τ > 0.
     vocab_size: slice padded logit widths to the tokenizer vocabulary.
     entropy: also return the per-token entropy of softmax(z/τ).
+    w_layout: 'DV' or 'VD', the layout of ``w_DV``.
     chunk_size: most tokens per scan step (memory ∝ chunk_size·V).
     dw_blocks: vocab blocks of the in-place dW accumulation (see
       `losses.chunked`).
@@ -149,11 +187,16 @@ def chunked_token_logprobs(
         f"targets_N has shape {tuple(jnp.shape(targets_N))}; expected {lead}"
         " (h_ND.shape[:-1]): shift first (h[:, :-1], tokens[:, 1:])."
     )
-  if w_DV.ndim != 2 or w_DV.shape[0] != h_ND.shape[-1]:
+  if w_layout not in _LOGITS:
+    raise ValueError(f"w_layout must be 'DV' or 'VD'; got {w_layout!r}.")
+  d_axis = 0 if w_layout == "DV" else 1
+  if w_DV.ndim != 2 or w_DV.shape[d_axis] != h_ND.shape[-1]:
+    want = "(D={0}, V)" if w_layout == "DV" else "(V, D={0})"
     raise ValueError(
-        f"w_DV has shape {tuple(w_DV.shape)}; expected (D={h_ND.shape[-1]}, V)."
+        f"w_DV has shape {tuple(w_DV.shape)}; expected"
+        f" {want.format(h_ND.shape[-1])} (w_layout={w_layout!r})."
     )
-  v = w_DV.shape[1]
+  v = w_DV.shape[1 - d_axis]
   divergences.slice_vocab(jnp.zeros((v,)), vocab_size, v, "w_DV")
   width = v if vocab_size is None else int(vocab_size)
   h = h_ND.reshape(-1, h_ND.shape[-1])
@@ -169,6 +212,6 @@ def chunked_token_logprobs(
       x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
     return _to_chunks(x, n_chunks, chunk)
 
-  out = _make(width, tau, entropy, dw_blocks)(prep(h), w_DV, prep(y))
+  out = _make(width, tau, entropy, dw_blocks, w_layout)(prep(h), w_DV, prep(y))
   out = [_from_chunks(x, n_tok).reshape(lead) for x in out]
   return out[0], (out[1] if entropy else None)

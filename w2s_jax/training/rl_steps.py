@@ -86,10 +86,14 @@ def token_stats(
     h_BLD, _ = model.hidden(
         batch["tokens"], batch["positions"], batch["segment_ids"]
     )
+    # A tied embedding is contracted as stored ([V, D]): its transpose
+    # would be a weight-sized copy (and so would its gradient's).
+    tied = bool(model.cfg.tie_embeddings)
     return chunked_logprobs.chunked_token_logprobs(
         h_BLD[:, :-1],
-        model.unembedding_DV(),
+        model.embed_VD.get_value() if tied else model.unembedding_DV(),
         targets,
+        w_layout="VD" if tied else "DV",
         temperature=tau,
         vocab_size=_vocab(cfg),
         entropy=entropy,
