@@ -66,9 +66,11 @@ def rollout_config(config: Any) -> rollouts.RolloutConfig:
   kw["ampo"] = config.method == "ampo"
   kw["sample_dtype"] = str(rl.get("sample_dtype", "") or "")
   # π_sample must be the sampler's log-prob at the temperature the losses
-  # score with (checked in _check_config).
+  # score with: raw (T 1) or the sampled distribution (T, no top-p); other
+  # settings record none (no mismatch metric; TIS refused in _check_config).
   tau = float(config.loss.get("pg_temperature", 1.0))
-  kw["sampler_logprobs"] = "raw" if tau == 1.0 else "sampling"
+  same = tau == float(rl.temperature) and float(rl.top_p) == 1.0
+  kw["sampler_logprobs"] = "raw" if tau == 1.0 else "sampling" if same else ""
   return rollouts.RolloutConfig(**kw)
 
 

@@ -77,7 +77,7 @@ class RolloutConfig:
   # else a dtype ('bfloat16', ...) the weights are cast to for sampling.
   sample_dtype: str = ""
   # Which sampler log-probs are π_sample: 'raw' (temperature 1, the full
-  # vocabulary) or 'sampling' (the distribution sampled from).
+  # vocabulary), 'sampling' (the distribution sampled from) or '' (none).
   sampler_logprobs: str = "raw"
 
 
@@ -375,9 +375,10 @@ class Roller:
     batch["advantages"] = (adv_NG.reshape(b) * row_valid).astype(np.float32)
     batch["correct"] = cat["correct"].reshape(b).astype(np.float32)
     batch["off_policy"] = off_NG.reshape(b).astype(np.float32)
-    batch["sample_logprobs"] = _target_aligned(
-        cat["slp"].reshape(b, -1), self.width, batch["tokens"].shape[1]
-    )
+    if c.sampler_logprobs:
+      batch["sample_logprobs"] = _target_aligned(
+          cat["slp"].reshape(b, -1), self.width, batch["tokens"].shape[1]
+      )
     t5 = time.perf_counter()
     # The comprehension forward is device time; the rest of AMPO is host.
     timings["score"] = self.last_score_s
