@@ -163,3 +163,42 @@ def test_bad_tis_and_sample_dtype_are_config_errors():
     rl_trainer._check_config(cfg)  # noqa: SLF001
   cfg.rl.temperature = 0.7  # the sampler records π at T 0.7 (top_p 1)
   rl_trainer._check_config(cfg)  # noqa: SLF001
+
+
+@pytest.mark.slow  # ~1-2 min each on 2 shared cores
+@pytest.mark.parametrize(
+    "spec, over",
+    [
+        (
+            "configs/kdrl.py:runlocal",
+            {"rl.sample_dtype": "bfloat16", "rl.tis_cap": 2.0, "lora.rank": 4},
+        ),
+        (
+            "configs/ampo.py:runlocal",
+            {"rl.sample_dtype": "bfloat16", "rl.tis_cap": 2.0},
+        ),
+        ("configs/gkd.py:runlocal", {"lora.rank": 4}),
+    ],
+)
+def test_rl_methods_run_with_bf16_rollouts_tis_and_lora(tmp_path, spec, over):
+  from w2s_jax import main  # noqa: PLC0415
+  from w2s_jax.training import metrics  # noqa: PLC0415
+
+  cfg = config_lib.load(os.path.join(ROOT, spec))
+  for section in ("student", "teacher"):
+    ov = cfg[section].overrides
+    ov.d_model, ov.num_layers, ov.mlp_dim = 32, 1, 64
+  cfg.train.tensorboard = False
+  cfg.data.num_examples = 32
+  cfg.rl.max_new_tokens = 12
+  cfg.train.steps = 2
+  config_lib.set_keys(cfg, over)
+  last = main.run_job(cfg, str(tmp_path))
+  rows = metrics.read_metrics(str(tmp_path))
+  assert [r["step"] for r in rows] == [1, 2]
+  assert np.isfinite(last["train/loss"])
+  if "rl.tis_cap" in over:
+    for r in rows:
+      assert r["tis/logprob_abs_diff"] > 0  # bf16 sampler vs fp32 trainer
+      assert 0 <= r["tis/capped_frac"] < 1
+      assert r["tis/weight_mean"] > 0
