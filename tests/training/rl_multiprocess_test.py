@@ -80,14 +80,17 @@ def _metrics(workdir) -> list[dict]:
     return [json.loads(ln) for ln in f if ln.strip()]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+@pytest.fixture(scope="module", params=["full", "lora"])
+def runs(request, tmp_path_factory):
+  """(multi, single) workdirs of the full-model and the LoRA (rank 4) job."""
+  extra = ["--config.lora.rank=4"] if request.param == "lora" else []
   tmp = tmp_path_factory.mktemp("rlmp")
   multi, single, logs = tmp / "multi", tmp / "single", tmp / "logs"
   logs.mkdir()
   (tmp / "rl_mp_reward.py").write_text(REWARD)
   args = [
       *ARGS,
+      *extra,
       "--config.rl.reward=fn",
       "--config.rl.reward_fn=rl_mp_reward:sevens",
   ]

@@ -92,6 +92,22 @@ def replicate_key(key: jax.Array, mesh) -> jax.Array:
   return jax.random.wrap_key_data(glob, impl=jax.random.key_impl(key))
 
 
+def replicate(tree: Any, mesh) -> Any:
+  """Host-made arrays (equal on every process, e.g. LoRA adapters drawn from
+  the same seed) replicated over the mesh as global arrays."""
+  if mesh is None:
+    return tree
+  s = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  if count() == 1:
+    return jax.device_put(tree, s)
+
+  def one(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+
+  return jax.tree.map(one, tree)
+
+
 def fetch(tree: Any) -> Any:
   """Global arrays -> full numpy values on every host."""
   if count() == 1:

@@ -238,11 +238,16 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       frozen["base"] = s_state
       if "ref" in need:
         graphdefs["ref"], frozen["ref"] = s_graphdef, s_state
-      trainable = lora.init_lora(
-          s_state,
-          rank,
-          jax.random.key(int(config.seed) + 1),
-          tuple(config.lora.targets),
+      # Drawn from the same seed on every process, then replicated on the
+      # mesh (a multi-process jit takes global arrays only).
+      trainable = rl_multiprocess.replicate(
+          lora.init_lora(
+              s_state,
+              rank,
+              jax.random.key(int(config.seed) + 1),
+              tuple(config.lora.targets),
+          ),
+          mesh,
       )
     policy = _policy_fn(rank, alpha)
 
@@ -366,6 +371,7 @@ class _Loop:
         workdir, tensorboard=bool(config.train.get("tensorboard", True))
     )
     self.compiled = None
+    self._layout = None
     self.done = 0
     self.policy = lambda train_state: train_state["params"]
 
@@ -405,10 +411,14 @@ class _Loop:
       )
       dev.update(scored)
     t2 = time.perf_counter()
-    if self.compiled is None:
+    # Compiled ahead of time, again only if the state's shardings change:
+    # GSPMD may shard replicated inputs (LoRA adapters) on the way out.
+    layout = tuple(x.sharding for x in jax.tree.leaves(train_state))
+    if self.compiled is None or layout != self._layout:
       self.compiled = self.update_fn.lower(
           train_state, self.update_frozen, dev
       ).compile()
+      self._layout = layout
     t_c = time.perf_counter()
     step_metrics = []
     for _ in range(self.updates):
