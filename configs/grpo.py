@@ -50,6 +50,11 @@ def rl_section(**overrides) -> ml_collections.ConfigDict:
       task="synthetic",
       ampo_styles="",
       ampo_max_teachers=2,
+      # Rollouts from a cast copy of the policy ('' = its own weights) and
+      # truncated importance sampling min(pi_train/pi_sample, C) of the
+      # policy term (0 = off; docs/losses.md).
+      sample_dtype="",
+      tis_cap=0.0,
   )
   rl.update(overrides)
   return ml_collections.ConfigDict(rl)
@@ -82,6 +87,9 @@ def get_config(arg=None):
       0  # L_max of 'seq-mean-token-sum-norm'; 0 = rl.max_new_tokens
   )
   c.loss.kd = False
+  # Vocab-chunked scoring from hidden states (no [B, L, V] logits); False:
+  # the dense reference path.
+  c.loss.chunked = True
   if a.variant == "drgrpo":
     c.rl.std_normalize = False
     c.loss.agg = "seq-mean-token-sum-norm"

@@ -193,6 +193,12 @@ CHECKS: list[Check] = [
     ("rl.reward_timeout_s", _pos, "> 0 seconds"),
     ("rl.reward_workers", lambda x: int(x) >= 0, ">= 0 (0 = in-process)"),
     ("rl.ampo_max_teachers", lambda x: int(x) >= 1, ">= 1"),
+    ("rl.tis_cap", lambda x: x == 0 or x > 1, "0 (off) or a cap C > 1"),
+    (
+        "rl.sample_dtype",
+        lambda x: x in ("", "float32", "bfloat16", "float16"),
+        "'' (the policy's weights), 'float32', 'bfloat16' or 'float16'",
+    ),
     (
         "rl.reward",
         lambda x: x in ("correct", "surrogate", "format", "ampo", "fn"),

@@ -86,7 +86,7 @@ def test_score_step_matches_independent_forward():
   tg, ts = nnx.split(teacher)
   batch = _batch()
   score = jax.jit(rl_steps.make_score_fn(sg, {"teacher": tg, "ref": sg}, {}))
-  got = score(ss, {"teacher": ts, "ref": ss}, batch)
+  got, _ = score(ss, {"teacher": ts, "ref": ss}, batch)
   mask = batch["completion_mask"][:, 1:] != 0
   for name, model in (("old", student), ("teacher", teacher)):
     np.testing.assert_allclose(
@@ -109,7 +109,7 @@ def test_score_step_matches_the_sampler_logprobs():
   tok_BP, seg_BP = generation.prepare_prompts(prompts, pad_id=0)
   tok_BP, seg_BP = np.repeat(tok_BP, G, 0), np.repeat(seg_BP, G, 0)
   batch = rollouts._assemble(tok_BP, seg_BP, out.tokens, out.lengths)  # noqa: SLF001
-  got = jax.jit(rl_steps.make_score_fn(sg, {}, {}))(ss, {}, batch)
+  got, _ = jax.jit(rl_steps.make_score_fn(sg, {}, {}))(ss, {}, batch)
   p = tok_BP.shape[1]
   mask = batch["completion_mask"][:, 1:] != 0
   # π_old of column t is the sampler's log-prob of completion token t - P + 1.

@@ -111,7 +111,7 @@ def _rl_batch(rng, student, teacher, loss_cfg):
   s_def, s_state = nnx.split(student)
   t_def, t_state = nnx.split(teacher)
   score = jax.jit(rl_steps.make_score_fn(s_def, {"teacher": t_def}, loss_cfg))
-  sc = score(s_state, {"teacher": t_state}, jax.tree.map(jnp.asarray, b))
+  sc, _ = score(s_state, {"teacher": t_state}, jax.tree.map(jnp.asarray, b))
   # A stale policy (π_old != π) so that both clip branches are exercised.
   noise = rng.normal(scale=0.3, size=(B, L - 1)).astype(np.float32)
   b["old_logprobs"] = np.asarray(sc["old_logprobs"]) + noise

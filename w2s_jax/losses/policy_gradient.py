@@ -104,6 +104,7 @@ def grpo_loss(
     entropy_normalizer: jax.Array | float | None = None,
     off_policy_mask: jax.Array | None = None,
     off_policy_gamma: float = 0.1,
+    is_weight_BL: jax.Array | None = None,
     agg: str = "token-mean",
     normalizer: jax.Array | float | None = None,
     max_len: int | None = None,
@@ -131,6 +132,9 @@ def grpo_loss(
     off_policy_mask: [B, L] or [B]: 1 on off-policy (teacher) tokens, which
       use −A·p/(p+γ) instead of the clipped ratio (AMPO/LUFFY prefix).
     off_policy_gamma: γ > 0 of the shaping p/(p+γ).
+    is_weight_BL: [B, L] per-token importance weights of the policy term
+      (truncated importance sampling, min(π_train/π_sample, C)); constants.
+      None = 1.
     agg: aggregation mode of pg + β_ref·KL.
     normalizer: its step-global normaliser; max_len: L_max for sum-norm.
     prefix: metric namespace.
@@ -178,6 +182,14 @@ def grpo_loss(
     on = m & ~off
     metrics[f"{prefix}/off_policy_frac"] = aggregation.masked_mean(off, m)
     metrics[f"{prefix}/off_policy_prob"] = aggregation.masked_mean(p, m & off)
+  if is_weight_BL is not None:
+    if jnp.shape(is_weight_BL) != shape:
+      raise ValueError(
+          f"is_weight_BL shape {jnp.shape(is_weight_BL)} must equal"
+          f" tok_lp_BL {shape}."
+      )
+    iw = jnp.asarray(is_weight_BL, jnp.float32)
+    pg = pg * jax.lax.stop_gradient(jnp.where(m, iw, 0.0))
   per_token = pg
   if ref_tok_lp_BL is not None:
     if jnp.shape(ref_tok_lp_BL) != shape:
@@ -236,6 +248,7 @@ def ampo_loss(
     off_policy_mask: jax.Array,
     *,
     old_tok_lp_BL: jax.Array | None = None,
+    is_weight_BL: jax.Array | None = None,
     entropy_BL: jax.Array | None = None,
     entropy_coef: float = 0.001,
     gamma: float = 0.1,
@@ -255,7 +268,8 @@ def ampo_loss(
   Off-policy gradient: −A·γ/(p+γ)²·∇p (upweights rare teacher tokens).
 
   Args:
-    tok_lp_BL, advantages, mask_BL, old_tok_lp_BL: as in `grpo_loss`.
+    tok_lp_BL, advantages, mask_BL, old_tok_lp_BL, is_weight_BL: as in
+      `grpo_loss`.
     off_policy_mask: [B] or [B, L], 1 on injected teacher tokens.
     entropy_BL: [B, L] token entropies (required when entropy_coef != 0).
     entropy_coef: entropy bonus weight (AMPO 0.001), token-mean.
@@ -283,6 +297,7 @@ def ampo_loss(
       entropy_normalizer=entropy_normalizer,
       off_policy_mask=off_policy_mask,
       off_policy_gamma=gamma,
+      is_weight_BL=is_weight_BL,
       agg=agg,
       normalizer=normalizer,
       max_len=max_len,

@@ -55,6 +55,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from w2s_jax import losses
+from w2s_jax.losses import chunked_logprobs
 from w2s_jax.training import steps
 
 Batch = dict[str, jax.Array]
@@ -65,25 +66,101 @@ def _vocab(cfg: Any) -> int | None:
   return int(cfg.get("vocab_size") or 0) or None
 
 
+def _chunked(cfg: Any) -> bool:
+  return bool(cfg.get("chunked", True))
+
+
+def token_stats(
+    model, batch: Batch, cfg: Any, *, entropy: bool = False
+) -> tuple[jax.Array, jax.Array | None]:
+  """[B, L-1] f32 log π(tokens[:, t+1] | tokens[:, :t+1]) (and entropies).
+
+  ``cfg['chunked']`` (default True): from the final hidden states in vocab
+  chunks (``losses.chunked_logprobs``), never a [B, L, V] array; False: the
+  dense logits (the reference path of the tests). Both at
+  ``cfg['pg_temperature']``.
+  """
+  tau = float(cfg.get("pg_temperature", 1.0))
+  targets = batch["tokens"][:, 1:]
+  if _chunked(cfg):
+    h_BLD, _ = model.hidden(
+        batch["tokens"], batch["positions"], batch["segment_ids"]
+    )
+    # A tied embedding is contracted as stored ([V, D]): its transpose
+    # would be a weight-sized copy (and so would its gradient's).
+    tied = bool(model.cfg.tie_embeddings)
+    return chunked_logprobs.chunked_token_logprobs(
+        h_BLD[:, :-1],
+        model.embed_VD.get_value() if tied else model.unembedding_DV(),
+        targets,
+        w_layout="VD" if tied else "DV",
+        temperature=tau,
+        vocab_size=_vocab(cfg),
+        entropy=entropy,
+        chunk_size=int(cfg.get("chunk_size", 96)),
+    )
+  logits_BLV = model(batch["tokens"], batch["positions"], batch["segment_ids"])
+  logits_BLV = logits_BLV[:, :-1]
+  lp = losses.token_logprobs(
+      logits_BLV, targets, temperature=tau, vocab_size=_vocab(cfg)
+  )
+  ent = None
+  if entropy:
+    ent = losses.token_entropy(
+        logits_BLV, temperature=tau, vocab_size=_vocab(cfg)
+    )
+  return lp, ent
+
+
 def token_logprobs(model, batch: Batch, cfg: Any) -> jax.Array:
   """[B, L-1] f32 log π(tokens[:, t+1] | tokens[:, :t+1]) of one model."""
-  logits_BLV = model(batch["tokens"], batch["positions"], batch["segment_ids"])
-  return losses.token_logprobs(
-      logits_BLV[:, :-1],
-      batch["tokens"][:, 1:],
-      temperature=float(cfg.get("pg_temperature", 1.0)),
-      vocab_size=_vocab(cfg),
-  )
+  return token_stats(model, batch, cfg)[0]
+
+
+def tis_cap(cfg: Any) -> float:
+  """C of the truncated importance weights (0: off)."""
+  return float(cfg.get("tis_cap", 0.0) or 0.0)
+
+
+def sampler_mismatch(
+    old_lp_BL: jax.Array, batch: Batch, cfg: Any
+) -> tuple[jax.Array | None, dict[str, jax.Array]]:
+  """TIS weights min(π_train/π_sample, C) and the mismatch metrics.
+
+  ``batch['sample_logprobs']`` holds the sampler's log-probs of its tokens
+  (a bf16 copy of the policy, say); π_train is the scored ``old_lp_BL``.
+  Rows injected from a teacher (AMPO ``off_policy``) were not sampled: their
+  weight is 1 and they are left out of the metrics. Returns (weights [B, L-1]
+  or None when ``tis_cap`` is 0, metrics).
+  """
+  m = _mask(batch) != 0
+  if "off_policy" in batch:
+    m = m & (batch["off_policy"][:, None] == 0)
+  d = jnp.where(m, old_lp_BL - batch["sample_logprobs"], 0.0)
+  ratio = jnp.exp(jnp.clip(d, -20.0, 20.0))
+  n = jnp.maximum(jnp.sum(m, dtype=jnp.float32), 1.0)
+  metrics = {"tis/logprob_abs_diff": jnp.sum(jnp.abs(d)) / n}
+  cap = tis_cap(cfg)
+  if not cap:
+    return None, metrics
+  capped = m & (ratio > cap)
+  w = jnp.where(m, jnp.minimum(ratio, cap), 1.0)
+  metrics["tis/capped_frac"] = jnp.sum(capped, dtype=jnp.float32) / n
+  metrics["tis/weight_mean"] = jnp.sum(jnp.where(m, w, 0.0)) / n
+  return jax.lax.stop_gradient(w), metrics
 
 
 def make_score_fn(
     student_graphdef: Any, frozen_graphdefs: dict[str, Any], loss_cfg: Any
-) -> Callable[[Any, dict[str, Any], Batch], dict[str, jax.Array]]:
-  """``score(params, frozen, batch) -> {old_logprobs[, ref_, teacher_]}``.
+) -> Callable[[Any, dict[str, Any], Batch], tuple[Batch, Batch]]:
+  """``score(params, frozen, batch) -> (arrays, metrics)``.
 
-  Not jitted here (the trainer jits it once). ``frozen`` holds the states of
-  the models to score with ('ref', 'teacher'); each present one adds its
-  ``<name>_logprobs``. Everything is under ``stop_gradient``.
+  Not jitted here (the trainer jits it once). ``arrays`` holds
+  ``old_logprobs`` and, per model in ``frozen`` ('ref', 'teacher'), its
+  ``<name>_logprobs``; with ``batch['sample_logprobs']`` the sampler-trainer
+  mismatch joins ``metrics`` and, when ``loss.tis_cap`` > 0, the TIS weights
+  join ``arrays`` as ``tis_weight``. Everything is under ``stop_gradient``;
+  scoring is vocab-chunked unless ``loss.chunked`` is False.
   """
 
   def score(params, frozen, batch):
@@ -95,7 +172,12 @@ def make_score_fn(
             frozen_graphdefs[name], jax.lax.stop_gradient(frozen[name])
         )
         out[f"{name}_logprobs"] = token_logprobs(model, batch, loss_cfg)
-    return out
+    metrics = {}
+    if "sample_logprobs" in batch:
+      w, metrics = sampler_mismatch(out["old_logprobs"], batch, loss_cfg)
+      if w is not None:
+        out["tis_weight"] = w
+    return out, metrics
 
   return score
 
@@ -153,6 +235,7 @@ def _grpo_kwargs(mb: Batch, norms, cfg: Any) -> dict[str, Any]:
   return dict(
       old_tok_lp_BL=mb["old_logprobs"],
       ref_tok_lp_BL=mb.get("ref_logprobs"),
+      is_weight_BL=mb.get("tis_weight"),
       beta_ref=beta_ref,
       kl_estimator=str(cfg.get("kl_estimator", "k3")),
       epsilon_low=float(cfg.get("epsilon_low", 0.2)),
@@ -194,15 +277,8 @@ def grpo_loss(student, frozen, mb, norms, cfg):
 def ampo_loss(student, frozen, mb, norms, cfg):
   """AMPO: clip on-policy, p/(p+γ) on injected rows, entropy bonus (§9)."""
   del frozen
-  logits_BLV = student(mb["tokens"], mb["positions"], mb["segment_ids"])
-  logits_BLV = logits_BLV[:, :-1]
-  tok_lp = losses.token_logprobs(
-      logits_BLV, mb["tokens"][:, 1:], vocab_size=_vocab(cfg)
-  )
   coef = float(cfg.get("entropy_coef", 0.001))
-  ent = (
-      losses.token_entropy(logits_BLV, vocab_size=_vocab(cfg)) if coef else None
-  )
+  tok_lp, ent = token_stats(student, mb, cfg, entropy=bool(coef))
   eps = float(cfg.get("epsilon_low", 0.2))
   dual = float(cfg.get("dual_clip", 10.0) or 0.0)
   return losses.ampo_loss(
@@ -211,6 +287,7 @@ def ampo_loss(student, frozen, mb, norms, cfg):
       _mask(mb),
       mb["off_policy"],
       old_tok_lp_BL=mb["old_logprobs"],
+      is_weight_BL=mb.get("tis_weight"),
       entropy_BL=ent,
       entropy_coef=coef,
       gamma=float(cfg.get("off_policy_gamma", 0.1)),

@@ -40,9 +40,11 @@ from w2s_jax.training import (
     checkpoint,
     inputs,
     loop,
+    lora,
     metrics,
     optim,
     pairing,
+    rl_multiprocess,
     rl_problems,
     rl_rewards,
     rl_steps,
@@ -63,6 +65,13 @@ def rollout_config(config: Any) -> rollouts.RolloutConfig:
   kw["style"] = str(config.data.get("style", "terse"))
   kw["seed"] = int(config.seed)
   kw["ampo"] = config.method == "ampo"
+  kw["sample_dtype"] = str(rl.get("sample_dtype", "") or "")
+  # π_sample must be the sampler's log-prob at the temperature the losses
+  # score with: raw (T 1) or the sampled distribution (T, no top-p); other
+  # settings record none (no mismatch metric; TIS refused in _check_config).
+  tau = float(config.loss.get("pg_temperature", 1.0))
+  same = tau == float(rl.temperature) and float(rl.top_p) == 1.0
+  kw["sampler_logprobs"] = "raw" if tau == 1.0 else "sampling" if same else ""
   return rollouts.RolloutConfig(**kw)
 
 
@@ -75,14 +84,58 @@ def loss_config(config: Any) -> dict[str, Any]:
     cfg["max_len"] = int(config.rl.max_new_tokens)
   if config.method == "kdrl":
     cfg["kd"] = True
+  cfg["tis_cap"] = float(config.rl.get("tis_cap", 0.0) or 0.0)
   return cfg
 
 
+SAMPLE_DTYPES = ("", "float32", "bfloat16", "float16")
+
+
 def _check_config(config: Any) -> None:
-  if int(config.get("lora", {}).get("rank", 0)):
+  """Cross-key checks of an RL job, before anything is built or written."""
+  rl, lcfg = config.rl, config.loss
+  cap = float(rl.get("tis_cap", 0.0) or 0.0)
+  if cap and cap <= 1.0:
     raise ValueError(
-        "job 'rl' does not support LoRA yet; set --config.lora.rank=0."
+        f"config value rl.tis_cap={cap} is invalid: the cap C of"
+        " min(pi_train/pi_sample, C) must be > 1 (0 = off); fix it with"
+        " --config.rl.tis_cap=2.0"
     )
+  dt = str(rl.get("sample_dtype", "") or "")
+  if dt not in SAMPLE_DTYPES:
+    raise ValueError(
+        f"config value rl.sample_dtype={dt!r} is invalid: it must be one of"
+        f" {SAMPLE_DTYPES} ('' = the policy's own weights); fix it with"
+        " --config.rl.sample_dtype=bfloat16"
+    )
+  if cap and config.method not in rl_steps.POLICY_METHODS:
+    raise ValueError(
+        "rl.tis_cap weights a policy-gradient loss; method"
+        f" {config.method!r} has none. Set --config.rl.tis_cap=0."
+    )
+  tau = float(lcfg.get("pg_temperature", 1.0))
+  if cap and tau != 1.0:
+    if tau != float(rl.temperature) or float(rl.top_p) != 1.0:
+      raise ValueError(
+          "rl.tis_cap needs the sampler's log-probs at loss.pg_temperature="
+          f"{tau}: the sampler records them at temperature 1 or at"
+          f" rl.temperature={rl.temperature} with rl.top_p=1 (got"
+          f" {rl.top_p}); set --config.loss.pg_temperature to one of those."
+      )
+  lora_cfg = config.get("lora", {})
+  if int(lora_cfg.get("rank", 0)):
+    if float(lora_cfg.get("alpha", 16.0)) <= 0:
+      raise ValueError(
+          f"config value lora.alpha={lora_cfg.alpha} is invalid: it must be"
+          " > 0; fix it with --config.lora.alpha=16"
+      )
+    bad = set(lora_cfg.get("targets", ())) - set(lora.TARGETS)
+    if bad or not lora_cfg.get("targets", ()):
+      raise ValueError(
+          f"config value lora.targets={tuple(lora_cfg.get('targets', ()))} is"
+          f" invalid: choose a non-empty subset of {sorted(lora.TARGETS)}."
+      )
+  rl_multiprocess.check_divisible(int(config.rl.prompts_per_step))
   micro = int(config.train.micro_batches)
   if int(config.rl.prompts_per_step) % micro:
     raise ValueError(
@@ -107,12 +160,33 @@ def _flat_step(train_step, micro: int):
   return step
 
 
+def _lora_rank(config: Any) -> int:
+  return int(config.get("lora", {}).get("rank", 0))
+
+
+def _policy_fn(lora_rank: int, alpha: float):
+  """Jitted ``(train_state, frozen) -> student params``: the trainable state,
+  or base + adapters merged (for sampling and scoring) under LoRA."""
+  if not lora_rank:
+    return lambda train_state, frozen: train_state["params"]
+  merge = jax.jit(
+      lambda base, adapters: lora.merge(base, adapters, alpha, lora_rank)
+  )
+  return lambda train_state, frozen: merge(
+      frozen["base"], train_state["params"]
+  )
+
+
 def _key_data(key: jax.Array) -> np.ndarray:
   return np.asarray(jax.random.key_data(key))
 
 
 def _build_models(config, method, need, mesh, workdir):
-  """(tokenizer, student, {'teacher'?, 'ref'?: model}) outside the mesh."""
+  """(tokenizer, student, {'teacher'?, 'ref'?: model}) outside the mesh.
+
+  Under LoRA the reference is the student's base weights (adapters off), so
+  no second copy is built.
+  """
   tokenizer = inputs.load_tokenizer(config.data.tokenizer, workdir)
   teacher = "teacher" in need or "teacher" in method.frozen
   teacher = teacher or config.method == "kdrl"
@@ -122,7 +196,7 @@ def _build_models(config, method, need, mesh, workdir):
   others = {}
   if teacher:
     others["teacher"] = trainer.build_model(config.teacher, tokenizer, mesh)
-  if "ref" in need:
+  if "ref" in need and not _lora_rank(config):
     # A frozen copy of the initial student, built again from its config.
     others["ref"] = trainer.build_model(config.student, tokenizer, mesh)
   return tokenizer, student, others
@@ -168,11 +242,32 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       graphdefs[name], frozen[name] = nnx.split(model)
     s_graphdef, s_state = nnx.split(student)
     vocab = int(loss_cfg.get("vocab_size") or 0) or None
+    rank = _lora_rank(config)
+    alpha = float(config.get("lora", {}).get("alpha", 16.0))
+    trainable = s_state
+    if rank:
+      # Adapters on the policy; the base weights are frozen (never donated or
+      # checkpointed) and, adapters off, they are the reference policy.
+      frozen["base"] = s_state
+      if "ref" in need:
+        graphdefs["ref"], frozen["ref"] = s_graphdef, s_state
+      # Drawn from the same seed on every process, then replicated on the
+      # mesh (a multi-process jit takes global arrays only).
+      trainable = rl_multiprocess.replicate(
+          lora.init_lora(
+              s_state,
+              rank,
+              jax.random.key(int(config.seed) + 1),
+              tuple(config.lora.targets),
+          ),
+          mesh,
+      )
+    policy = _policy_fn(rank, alpha)
 
     tx, schedule = optim.from_config(config.optim, max(total * updates, 1))
     train_state = {
-        "params": s_state,
-        "opt": tx.init(s_state),
+        "params": trainable,
+        "opt": tx.init(trainable),
         "step": jnp.zeros((), jnp.int32),
     }
     rng = _key_data(jax.random.key(int(config.seed)))
@@ -196,9 +291,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         frozen_graphdefs={k: graphdefs[k] for k in method.frozen},
         tx=tx,
         loss_cfg=loss_cfg,
+        lora_rank=rank,
+        lora_alpha=alpha,
         schedule=schedule,
     )
-    update_frozen = {k: frozen[k] for k in method.frozen}
+    update_frozen = {
+        k: frozen[k] for k in method.frozen + (("base",) if rank else ())
+    }
     update_fn = jax.jit(
         _flat_step(
             steps.make_train_step(spec), int(config.train.micro_batches)
@@ -212,29 +311,39 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
             nnx.merge(s_graphdef, p), b, loss_cfg
         )
     )
-    roller = rollouts.Roller(
-        rollout_config(config),
-        tokenizer,
-        source,
-        s_graphdef,
-        student.cfg,
-        mesh=mesh,
-        logprob_fn=student_lp,
-        vocab_size=vocab,
+    # A grader that cannot load on one process stops every process.
+    roller = rl_multiprocess.agree(
+        lambda: rollouts.Roller(
+            rollout_config(config),
+            tokenizer,
+            source,
+            s_graphdef,
+            student.cfg,
+            mesh=mesh,
+            logprob_fn=student_lp,
+            vocab_size=vocab,
+        ),
+        "setting up the rollouts (rl.reward, rl.reward_fn)",
     )
     host_loop = _Loop(
         config, workdir, ckpt, roller, update_fn, score_fn, update_frozen,
         score_frozen, mesh, base_key, rng, start,
     )  # fmt: skip
+    host_loop.policy = lambda ts: policy(ts, frozen)
     try:
       if method_name != "gkd":  # GKD grades nothing
         # Started once the Roller has checked rl.reward and rl.reward_fn.
-        roller.pool = rl_rewards.make_reward_pool(
-            int(config.rl.get("reward_workers", rl_rewards.DEFAULT_WORKERS)),
-            float(config.rl.reward_timeout_s),
-            reward_fn=(
-                str(config.rl.reward_fn) if config.rl.reward == "fn" else ""
+        roller.pool = rl_multiprocess.agree(
+            lambda: rl_rewards.make_reward_pool(
+                int(
+                    config.rl.get("reward_workers", rl_rewards.DEFAULT_WORKERS)
+                ),
+                float(config.rl.reward_timeout_s),
+                reward_fn=(
+                    str(config.rl.reward_fn) if config.rl.reward == "fn" else ""
+                ),
             ),
+            "starting the reward workers",
         )
       train_state, last = host_loop.run(train_state, start, total)
     finally:
@@ -244,7 +353,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       host_loop.writer.close()
     final_step = host_loop.done
     if final_step == total and config.train.get("export", True):
-      model = nnx.merge(s_graphdef, train_state["params"])
+      # Under LoRA the export is the merged model (base + adapters).
+      model = nnx.merge(s_graphdef, policy(train_state, frozen))
       trainer.export_model(model, os.path.join(workdir, "export"))
   return last
 
@@ -272,7 +382,9 @@ class _Loop:
     )
     self.ident = {"config": workdir_lib.config_dict(config)}
     self.compiled = None
+    self._layout = None
     self.done = 0
+    self.policy = lambda train_state: train_state["params"]
 
   def _kd_beta(self, step: int) -> float:
     c = self.lcfg
@@ -289,7 +401,7 @@ class _Loop:
     """Rollouts, scoring and updates of RL step ``step``."""
     t0 = time.perf_counter()
     key = jax.random.fold_in(self.base_key, step)
-    params = train_state["params"]
+    params = self.policy(train_state)
     if self.method == "gkd":
       batch, host, phase = self.roller.gkd_batch(
           params, step, key, float(self.lcfg.get("lambda_on_policy", 0.5))
@@ -301,17 +413,23 @@ class _Loop:
       )
     t1 = time.perf_counter()
     dev = self._flat(batch)
+    score_m = {}
     if self.method != "gkd":
       # The scored log-probs stay on device and join the batch as they are:
       # no host round trip between scoring and the updates.
-      dev.update(
-          jax.block_until_ready(self.score_fn(params, self.score_frozen, dev))
+      scored, score_m = jax.block_until_ready(
+          self.score_fn(params, self.score_frozen, dev)
       )
+      dev.update(scored)
     t2 = time.perf_counter()
-    if self.compiled is None:
+    # Compiled ahead of time, again only if the state's shardings change:
+    # GSPMD may shard replicated inputs (LoRA adapters) on the way out.
+    layout = tuple(x.sharding for x in jax.tree.leaves(train_state))
+    if self.compiled is None or layout != self._layout:
       self.compiled = self.update_fn.lower(
           train_state, self.update_frozen, dev
       ).compile()
+      self._layout = layout
     t_c = time.perf_counter()
     step_metrics = []
     for _ in range(self.updates):
@@ -323,6 +441,7 @@ class _Loop:
     for k in out:  # clip fractions etc. averaged over the updates
       out[k] = float(np.mean([h[k] for h in host_m]))
     out.update(host)
+    out.update(metrics.to_host(score_m))
     total = t3 - t0 - (t_c - t2)
     score = (t2 - t1) + phase.get("score", 0.0)
     device = phase["sample"] + score + (t3 - t_c)

@@ -39,10 +39,11 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from w2s_jax import losses, sharding
+from w2s_jax import losses
 from w2s_jax.decoding import sampler as sampler_lib
 from w2s_jax.decoding import sampling_params as sp_lib
 from w2s_jax.evals import rewards as rewards_lib
+from w2s_jax.training import rl_multiprocess as mp
 from w2s_jax.training import rl_rewards
 from w2s_jax.training.rl_problems import Problem, PromptSource
 
@@ -72,6 +73,12 @@ class RolloutConfig:
   ampo: bool = False
   ampo_max_teachers: int = 2
   seed: int = 0
+  # Sampling copy of the policy: '' = the trainer's weights as they are,
+  # else a dtype ('bfloat16', ...) the weights are cast to for sampling.
+  sample_dtype: str = ""
+  # Which sampler log-probs are π_sample: 'raw' (temperature 1, the full
+  # vocabulary), 'sampling' (the distribution sampled from) or '' (none).
+  sampler_logprobs: str = "raw"
 
 
 def _assemble(prompt_BP, seg_BP, comp_BT, lengths_B) -> dict[str, np.ndarray]:
@@ -91,6 +98,15 @@ def _assemble(prompt_BP, seg_BP, comp_BT, lengths_B) -> dict[str, np.ndarray]:
           )
       ),
   }
+
+
+def _target_aligned(lp_BT: np.ndarray, width: int, length: int) -> np.ndarray:
+  """Completion log-probs [B, T] at the target-aligned columns [B, L-1]:
+  column t refers to token t + 1, so completion token j is column P - 1 + j.
+  """
+  out = np.zeros((lp_BT.shape[0], length - 1), np.float32)
+  out[:, width - 1 : width - 1 + lp_BT.shape[1]] = lp_BT
+  return out
 
 
 def _pad_solution(ids: np.ndarray, t: int) -> tuple[np.ndarray, int]:
@@ -150,18 +166,28 @@ class Roller:
 
     self._sample_g = make(cfg.group_size)
     self._sample_1 = make(1)
+    self._cast = None
+    if cfg.sample_dtype:
+      dt = jax.numpy.dtype(cfg.sample_dtype)
+      self._cast = jax.jit(
+          lambda p: jax.tree.map(
+              lambda x: (
+                  x.astype(dt)
+                  if jax.numpy.issubdtype(x.dtype, jax.numpy.floating)
+                  else x
+              ),
+              p,
+          )
+      )
     self.sampler_calls = 0
     self.last_score_s = 0.0
 
   # -- device helpers -------------------------------------------------------
 
   def put(self, x: np.ndarray) -> jax.Array:
-    """A host array on the mesh, rows on the batch axes."""
-    if self.mesh is None:
-      return jax.numpy.asarray(x)
-    names = ("batch",) + (None,) * (x.ndim - 1)
-    spec = sharding.logical_to_spec(names, x.shape, self.mesh)
-    return jax.device_put(x, jax.sharding.NamedSharding(self.mesh, spec))
+    """A host array (equal on every process) on the mesh, rows on the batch
+    axes."""
+    return mp.put(x, self.mesh)
 
   def _prompts(self, problems: Sequence[Problem]):
     n = len(problems)
@@ -174,20 +200,37 @@ class Roller:
     return tokens, seg
 
   def sample(self, params, problems, key, n: int):
-    """(prompt_BP, seg_BP, tokens_BT, lengths_B, finish_B) as numpy; prompt
-    rows repeated n times (row b·n + j is sample j of prompt b)."""
+    """(prompt_BP, seg_BP, tokens_BT, lengths_B, finish_B, logprobs_BT) as
+    numpy; prompt rows repeated n times (row b·n + j is sample j of prompt
+    b). ``logprobs_BT`` are the sampler's log-probs of its tokens (π_sample
+    of the importance correction, ``cfg.sampler_logprobs``); the sampler runs
+    on a ``cfg.sample_dtype`` copy of ``params`` when that is set."""
     tokens, seg = self._prompts(problems)
     fn = self._sample_g if n == self.cfg.group_size else self._sample_1
     if n not in (1, self.cfg.group_size):
       raise ValueError(f"n={n} must be 1 or rl.group_size.")
     self.sampler_calls += 1
+    if self._cast is not None:
+      params = self._cast(params)
+    key = mp.replicate_key(key, self.mesh)
     out = fn(params, self.put(tokens), self.put(seg), key)
-    # Only what the host needs crosses back (not the per-token log-probs).
-    toks, lens, fin = jax.device_get(
-        (out.tokens_BT, out.lengths_B, out.finish_B)
+    lp = (
+        out.logprobs_BT
+        if self.cfg.sampler_logprobs == "raw"
+        else out.sampling_logprobs_BT
+    )
+    toks, lens, fin, lp = mp.fetch(
+        (out.tokens_BT, out.lengths_B, out.finish_B, lp)
     )
     rep = lambda x: np.repeat(x, n, axis=0)  # noqa: E731
-    return rep(tokens), rep(seg), np.asarray(toks), np.asarray(lens), fin
+    return (
+        rep(tokens),
+        rep(seg),
+        np.asarray(toks),
+        np.asarray(lens),
+        fin,
+        np.asarray(lp, np.float32),
+    )
 
   # -- grading --------------------------------------------------------------
 
@@ -257,12 +300,11 @@ class Roller:
     while True:
       problems = self.source.take(n_want)
       t0 = time.perf_counter()
-      p_BP, s_BP, tok_BT, len_B, fin_B = self.sample(
+      p_BP, s_BP, tok_BT, len_B, fin_B, slp_BT = self.sample(
           params, problems, jax.random.fold_in(key, rounds), g
       )
       t1 = time.perf_counter()
-      texts = self._decode(tok_BT, len_B)
-      r_B, ok_B = self.grade(problems, texts, len_B, stats)
+      r_B, ok_B = self._grade_shard(problems, tok_BT, len_B, stats)
       t2 = time.perf_counter()
       timings["sample"] += t1 - t0
       timings["grade"] += t2 - t1
@@ -283,6 +325,7 @@ class Roller:
           "prompt": p_BP.reshape(n_want, g, -1),
           "seg": s_BP.reshape(n_want, g, -1),
           "tokens": tok_BT.reshape(n_want, g, -1),
+          "slp": slp_BT.reshape(n_want, g, -1),
           "lengths": len_B.reshape(n_want, g),
           "rewards": r_B.reshape(n_want, g),
           "correct": ok_B.reshape(n_want, g),
@@ -332,10 +375,15 @@ class Roller:
     batch["advantages"] = (adv_NG.reshape(b) * row_valid).astype(np.float32)
     batch["correct"] = cat["correct"].reshape(b).astype(np.float32)
     batch["off_policy"] = off_NG.reshape(b).astype(np.float32)
+    if c.sampler_logprobs:
+      batch["sample_logprobs"] = _target_aligned(
+          cat["slp"].reshape(b, -1), self.width, batch["tokens"].shape[1]
+      )
     t5 = time.perf_counter()
     # The comprehension forward is device time; the rest of AMPO is host.
     timings["score"] = self.last_score_s
     timings["host"] += (t3 - t2) + (t5 - t4) + (t4 - t3 - self.last_score_s)
+    stats = mp.merge_reward_stats(stats)
     rr, cc = np.concatenate(raw_rewards), np.concatenate(raw_correct)
     metrics.update({
         "rollout/reward_mean": float(rr.mean()),
@@ -358,6 +406,20 @@ class Roller:
         },
     })
     return batch, metrics, timings
+
+  def _grade_shard(self, problems, tok_BT, len_B, stats):
+    """Grades this process's prompts [lo, hi) (all of them with one process)
+    and combines the rewards of all processes, in row order."""
+    g = len(len_B) // len(problems)
+    lo, hi = mp.shard(problems)
+    texts = self._decode(tok_BT[lo * g : hi * g], len_B[lo * g : hi * g])
+    r, ok = mp.agree(
+        lambda: self.grade(
+            problems[lo:hi], texts, len_B[lo * g : hi * g], stats
+        ),
+        "grading the rollouts",
+    )
+    return mp.gather_rows(r), mp.gather_rows(ok)
 
   def _inject(self, params, cat, off_NG, key, metrics) -> None:
     """AMPO: teacher solutions into groups with no correct rollout."""
@@ -399,7 +461,9 @@ class Roller:
     # gold answer tokens given the teacher's reasoning (METHODS §9).
     t0 = time.perf_counter()
     lp = np.asarray(
-        self.logprob_fn(params, {k: self.put(v) for k, v in rows.items()})
+        mp.fetch(
+            self.logprob_fn(params, {k: self.put(v) for k, v in rows.items()})
+        )
     ).reshape(n, r, -1)[..., self.width - 1 :]
     self.last_score_s = time.perf_counter() - t0
     p_ans = np.where(ans, np.exp(lp), 0.0)
@@ -419,6 +483,7 @@ class Roller:
     for i, j in zip(*np.nonzero(inject)):
       k = teacher[i, j]
       cat["tokens"][i, j] = comp[i, k]
+      cat["slp"][i, j] = 0.0  # not sampled: no importance weight
       cat["lengths"][i, j] = lens[i, k]
       cat["rewards"][i, j] = 1.0
       cat["correct"][i, j] = True
@@ -438,7 +503,7 @@ class Roller:
     problems = self.source.take(n)
     t0 = time.perf_counter()
     if on_policy:
-      p_BP, s_BP, tok_BT, len_B, _ = self.sample(params, problems, key, 1)
+      p_BP, s_BP, tok_BT, len_B, _, _ = self.sample(params, problems, key, 1)
       timings["sample"] = time.perf_counter() - t0
     else:
       p_BP, s_BP = self._prompts(problems)
