@@ -21,7 +21,10 @@ What the task expresses (../shared/STUDY.md):
 * Latent skill without the format: the ``latent`` style writes the whole
   computation in another notation (``c:9*0+0.9*0=0,0+0=0 a0``) for
   pretraining a strong student; ``fact_records`` gives bare facts.
-* Grading: ``answer_of``, ``grade`` and ``step_accuracy`` (STUDY rule 3).
+* Grading: ``answer_of``, ``grade`` and ``step_accuracy`` (STUDY rule 3);
+  ``grade(..., notation="any")`` / ``answer_any`` accept an answer in any
+  style and ``format_ok`` checks the asked format, so skill and format are
+  measured apart.
 
 Train and test are disjoint by problem: a hash of (seed, core problem)
 assigns each problem to the test bucket with probability ``test_fraction``,
@@ -45,7 +48,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from w2s_jax.data.synthetic_grading import (
+    answer_any,
     answer_of,
+    best_step_accuracy,
+    format_ok,
     grade,
     parse_steps,
     step_accuracy,
@@ -85,7 +91,10 @@ __all__ = [
     "render",
     "solve",
     # Re-exported from synthetic_grading.
+    "answer_any",
     "answer_of",
+    "best_step_accuracy",
+    "format_ok",
     "grade",
     "parse_steps",
     "step_accuracy",
