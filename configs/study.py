@@ -1,13 +1,11 @@
 r"""The one-command weak-to-strong study on the synthetic task (CPU).
 
-  # Default (`make demo`): one seed, every arm; 7 min on 2 idle CPU cores
-  # from a fresh clone (33 min at load ~10; docs/study.md).
+  # Default (`make demo`): one seed, every arm (measured time: README).
   python -m w2s_jax.main --config=configs/study.py --workdir=demo_out
-  # Error bars over 3 seeds; a subset of the arm groups (a,b,c,d):
-  python -m w2s_jax.main --config=configs/study.py:seeds=3,arms=ac \
-      --workdir=demo3
-  # End-to-end test size (target 3 min; 800 s measured under the same load)
-  # and the notebook smoke size:
+  # Every claim over 5 seeds; a subset of the arm groups (a,b,c,d):
+  python -m w2s_jax.main --config=configs/study.py:seeds=5 --workdir=demo5
+  python -m w2s_jax.main --config=configs/study.py:arms=ac --workdir=demo_ac
+  # End-to-end test size and the notebook smoke size:
   python -m w2s_jax.main --config=configs/study.py:quick --workdir=/tmp/q
   python -m w2s_jax.main --config=configs/study.py:tiny --workdir=/tmp/t
 
