@@ -146,7 +146,11 @@ def test_stages_cache_and_retry_after_failure(tmp_path):
     raise RuntimeError("interrupted")
 
   stages = st.Stages(str(tmp_path), log=lambda line: None)
-  first = stages.run("s", ok)
+  first = stages.run("s", lambda d: {**ok(d), "time/step": 0.25})
+  # Wall times go beside the result, not into it.
+  assert "time/step" not in first
+  timing = json.loads((tmp_path / "s" / "TIME.json").read_text())
+  assert timing["time/step"] == 0.25 and timing["s"] >= 0
   again = st.Stages(str(tmp_path), log=lambda line: None).run("s", ok)
   assert len(calls) == 1 and again == first and first["acc"] == 0.5
   with pytest.raises(RuntimeError, match="interrupted"):

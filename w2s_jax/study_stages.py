@@ -181,9 +181,12 @@ class Stages:
     out = dict(fn(self.path(name)) or {})
     seconds = time.time() - start
     out["fingerprint"] = fp
-    # Wall time lives beside the result, never in it (results.json is a
-    # function of the config).
-    _atomic_json(os.path.join(self.path(name), "TIME.json"), {"s": seconds})
+    # Wall times live beside the result, never in it: a stage's result is a
+    # function of its config (a job's own ``time/*`` metrics move too).
+    times = {k: out.pop(k) for k in sorted(out) if k.startswith("time/")}
+    _atomic_json(
+        os.path.join(self.path(name), "TIME.json"), {"s": seconds, **times}
+    )
     _atomic_json(os.path.join(self.path(name), DONE), out)
     self.timings[name] = seconds
     self.fingerprints[name] = fp
