@@ -54,6 +54,8 @@ def get_config(arg=None):
           rsd_top_k=20,
           pairs=a.pairs,
           style="terse",
+          # 'any': a synthetic answer in any notation of the task counts.
+          notation="strict",
           seed=0,
           **config_lib.SYNTHETIC_TASK,
       )

@@ -134,3 +134,12 @@ def test_ssb_data_rejects_bad_settings(tmp_path):
     jobs.run("ssb_data", cfg, str(tmp_path))
   with pytest.raises(ValueError, match=r"unknown job 'ssb'.*ssb_data"):
     jobs.run("ssb", cfg, str(tmp_path))
+
+
+def test_synthetic_trace_grader_notation():
+  problem = {"spec": "11:9*0+0"}
+  latent = "9*0=0,0+0=0 a0"  # right, in the latent notation
+  assert jobs._synthetic_grader("terse")(latent, problem) == (False, None)
+  assert jobs._synthetic_grader("terse", "any")(latent, problem) == (True, "0")
+  terse = "A:9*0=0;0+0=5#5"
+  assert jobs._synthetic_grader("terse", "any")(terse, problem) == (False, "5")

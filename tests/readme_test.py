@@ -114,11 +114,13 @@ def test_readme_has_the_issue_sections(text):
       "## Adding a method",
   ):
     assert heading in text, heading
-  # The measured study table sits in its section, one row group per arm group.
+  # The measured study tables sit in their section: one row group per arm
+  # group, and a verdict per claim.
   study = text.split("## The study", 1)[1].split("\n## ", 1)[0]
-  assert "| group | arm | answer acc (pass@1) |" in study
+  assert "| group | model | answer acc (any notation) |" in study
   for group in ("baselines", "(a) W2SR", "(b) RSD", "(c) ", "(d) "):
     assert f"\n| {group}" in study, group
+  assert "| claim (expected) |" in study
 
 
 def test_every_main_command_loads_and_validates(text):

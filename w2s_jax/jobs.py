@@ -374,14 +374,18 @@ def run_ssb_data(config: Any, workdir: str) -> dict[str, float]:
   return stats
 
 
-def _synthetic_grader(style: str):
+def _synthetic_grader(style: str, notation: str = "strict"):
+  """``notation='any'`` accepts an answer in any style of the task."""
   from w2s_jax.data import synthetic  # noqa: PLC0415
 
   def grade(text: str, problem: dict[str, Any]) -> tuple[bool, str | None]:
     p = synthetic.Problem.from_spec(problem["spec"])
-    answer = synthetic.answer_of(text, style)
-    return synthetic.grade(p, text, style), None if answer is None else str(
-        answer
+    if notation == "any":
+      answer = synthetic.answer_any(text)
+    else:
+      answer = synthetic.answer_of(text, style)
+    return synthetic.grade(p, text, style, notation), (
+        None if answer is None else str(answer)
     )
 
   return grade
@@ -430,7 +434,9 @@ def run_sample(config: Any, workdir: str, rsd: bool) -> dict[str, float]:
   widths = {r: m.cfg.vocab_size for r, m in models.items()}
   models["vocab_size"] = pairing.shared_vocab(config, tok, widths)
   if str(s.dataset) == "synthetic":
-    models["grader"] = _synthetic_grader(str(s.get("style", "terse")))
+    models["grader"] = _synthetic_grader(
+        str(s.get("style", "terse")), str(s.get("notation", "strict"))
+    )
   os.makedirs(workdir, exist_ok=True)
   summary = trace_job.run_trace_job(
       _problems(s),

@@ -2,9 +2,13 @@
 
 A stage is a directory ``<workdir>/seed<s>/<name>`` that holds its job's
 outputs and, once it finished, ``DONE.json`` (written atomically: a temp
-file renamed into place) with the stage's result. A rerun returns the
-cached result of a finished stage without touching it; an unfinished
-training stage resumes from its last checkpoint (the trainer's own resume).
+file renamed into place) with the stage's result and its fingerprint: a
+hash of the stage's config and of the fingerprints of the stages it reads
+(any path under the seed directory that the config names). A rerun returns
+the cached result of a finished stage whose fingerprint matches; a cached
+stage built by another config is refused with an error naming it (never
+silently reused); an unfinished training stage resumes from its last
+checkpoint (the trainer's own resume).
 
 Every training stage goes through ``main.run_job`` with a config loaded from
 ``configs/<name>.py`` and edited with ``set_keys`` (which refuses keys the
@@ -18,6 +22,7 @@ Shape legend: none (host-side orchestration only).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -93,6 +98,10 @@ def _atomic_json(path: str, obj: Any) -> None:
     raise
 
 
+class StaleStageError(ValueError):
+  """A cached stage was built by a different config than the one asked."""
+
+
 class Stages:
   """Runs named stages under one directory, caching each one's result.
 
@@ -100,13 +109,32 @@ class Stages:
     root: the directory (``<workdir>/seed<s>``).
     log: ``(line) -> None`` for the one-line stage log.
     timings: seconds spent per stage in this process (cached stages: 0).
+    fingerprints: each stage's fingerprint, once run or loaded.
   """
 
   def __init__(self, root: str, log: Callable[[str], None] = print):
     self.root = root
     self.log = log
     self.timings: dict[str, float] = {}
+    self.fingerprints: dict[str, str] = {}
     os.makedirs(root, exist_ok=True)
+
+  def fingerprint(self, key: Any) -> str:
+    """Hash of ``key`` (JSON) and of the stages whose paths it names.
+
+    The seed directory is replaced by a placeholder, so a moved workdir
+    keeps its cache; a stage read by this one contributes its own
+    fingerprint, so a rebuilt input invalidates everything downstream.
+    """
+    text = json.dumps(key, sort_keys=True, default=str)
+    deps = {
+        name: fp
+        for name, fp in self.fingerprints.items()
+        if any(self.path(name) + end in text for end in ("/", '"', ","))
+    }
+    text = text.replace(self.root, "<seed_dir>")
+    payload = json.dumps([text, sorted(deps.items())])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
   def path(self, name: str) -> str:
     return os.path.join(self.root, name)
@@ -119,20 +147,49 @@ class Stages:
       return json.load(f)
 
   def run(
-      self, name: str, fn: Callable[[str], Mapping[str, Any] | None]
+      self,
+      name: str,
+      fn: Callable[[str], Mapping[str, Any] | None],
+      key: Any = None,
   ) -> dict[str, Any]:
-    """Runs ``fn(stage_dir)`` once; later calls return the cached result."""
+    """Runs ``fn(stage_dir)`` once; later calls return the cached result.
+
+    Args:
+      name: the stage (its directory under ``root``).
+      fn: builds the stage in the given directory; returns its result.
+      key: what the stage is a function of (its config); JSON-able.
+
+    Raises:
+      StaleStageError: the stage is cached with another fingerprint.
+    """
+    fp = self.fingerprint(key)
     if self.done(name):
+      out = self.result(name)
+      if out.get("fingerprint") != fp:
+        raise StaleStageError(
+            f"cached stage {self.path(name)!r} was built by another config"
+            f" (fingerprint {out.get('fingerprint')} != {fp}): rerun with a"
+            " fresh --workdir, or delete that directory (and the stages"
+            " after it) to rebuild it."
+        )
       self.log(f"[{name}] cached")
       self.timings.setdefault(name, 0.0)
-      return self.result(name)
+      self.fingerprints[name] = fp
+      return out
     start = time.time()
     self.log(f"[{name}] running ...")
     out = dict(fn(self.path(name)) or {})
     seconds = time.time() - start
-    out["seconds"] = seconds
+    out["fingerprint"] = fp
+    # Wall times live beside the result, never in it: a stage's result is a
+    # function of its config (a job's own ``time/*`` metrics move too).
+    times = {k: out.pop(k) for k in sorted(out) if k.startswith("time/")}
+    _atomic_json(
+        os.path.join(self.path(name), "TIME.json"), {"s": seconds, **times}
+    )
     _atomic_json(os.path.join(self.path(name), DONE), out)
     self.timings[name] = seconds
+    self.fingerprints[name] = fp
     self.log(f"[{name}] done in {seconds:.1f}s")
     return out
 
@@ -263,13 +320,17 @@ def evaluate_export(
     greedy: bool,
     seed: int,
     style: str = "terse",
-    step_styles: tuple[str, ...] = ("terse",),
-) -> dict[str, float]:
-  """Answer accuracy (pass@1 over ``n`` samples, and greedy) and step acc.
+) -> dict[str, Any]:
+  """Skill (any notation) and format (the asked one) of a model, per problem.
 
-  Step accuracy of a completion is its best over ``step_styles`` (a student
-  trained on RSD traces may mix the two notations of its teachers); every
-  style here shares the ``#`` answer marker, so answers grade the same.
+  Returns:
+    ``pass@1`` (answer right in any notation of the task, mean over ``n``
+    samples and problems), ``pass@1_strict`` (right in ``style``'s
+    notation), ``format`` (share of samples exactly in ``style``'s format),
+    ``step_acc`` (local step accuracy in the best-fitting notation),
+    ``greedy`` (any notation, when asked), and ``outcomes`` /
+    ``greedy_outcomes``: per-problem any-notation scores in ``problems``'
+    order, for paired comparisons.
   """
   import numpy as np  # noqa: PLC0415
 
@@ -286,51 +347,72 @@ def evaluate_export(
       style=style,
       max_new_tokens=24,
       batch_size=max(len(problems), 1),
+      progress=False,
   )
-  summary, rows = evaluate.evaluate(
-      model,
-      tok,
-      problems,
-      n=n,
-      temperature=temperature,
-      seed=seed,
-      **common,
-  )
-  evaluate.write_results(os.path.join(out_dir, "sampled"), summary, rows)
 
-  def best_step_acc(rows) -> float:
-    per_problem = []
+  def graded(rows) -> dict[str, list[float]]:
+    cols: dict[str, list[float]] = {
+        "any": [],
+        "strict": [],
+        "format": [],
+        "step": [],
+    }
     for r in rows:
       p = synthetic.Problem.from_spec(r["id"])
-      per_problem.append(
-          np.mean([
-              max(synthetic.step_accuracy(p, t, s) for s in step_styles)
-              for t in r["completions"]
-          ])
-      )
-    return float(np.mean(per_problem))
+      texts = r["completions"]
+      per = {
+          "any": [synthetic.grade(p, t, style, "any") for t in texts],
+          "strict": [synthetic.grade(p, t, style) for t in texts],
+          "format": [synthetic.format_ok(t, style, p.num_steps) for t in texts],
+          "step": [synthetic.best_step_accuracy(p, t) for t in texts],
+      }
+      for k, v in per.items():
+        cols[k].append(float(np.mean(v)))
+    return cols
 
-  out = {
-      "pass@1": float(summary["pass@1"]),
-      "step_acc": best_step_acc(rows),
+  _, rows = evaluate.evaluate(
+      model, tok, problems, n=n, temperature=temperature, seed=seed, **common
+  )
+  evaluate.write_results(
+      os.path.join(out_dir, "sampled"), evaluate.summarize(rows, [1]), rows
+  )
+  cols = graded(rows)
+  out: dict[str, Any] = {
+      "pass@1": float(np.mean(cols["any"])),
+      "pass@1_strict": float(np.mean(cols["strict"])),
+      "format": float(np.mean(cols["format"])),
+      "step_acc": float(np.mean(cols["step"])),
       "n": float(n),
       "num_problems": float(len(problems)),
+      "outcomes": cols["any"],
   }
   if greedy:
-    g_summary, g_rows = evaluate.evaluate(
+    _, g_rows = evaluate.evaluate(
         model, tok, problems, n=1, temperature=0.0, seed=seed, **common
     )
-    evaluate.write_results(os.path.join(out_dir, "greedy"), g_summary, g_rows)
-    out["greedy"] = float(g_summary["pass@1"])
+    evaluate.write_results(
+        os.path.join(out_dir, "greedy"), evaluate.summarize(g_rows, [1]), g_rows
+    )
+    g = graded(g_rows)
+    out["greedy"] = float(np.mean(g["any"]))
+    out["greedy_outcomes"] = g["any"]
   return out
 
 
-def test_problems(
-    task_keys: Mapping[str, Any], n: int, style: str = "terse"
+def held_out_problems(
+    task_keys: Mapping[str, Any],
+    n: int,
+    style: str = "terse",
+    split: str = "test",
 ) -> list[dict[str, Any]]:
-  """Held-out problems (fixed across seeds) with prompts in ``style``."""
+  """Held-out problems (fixed across seeds) with prompts in ``style``.
+
+  ``split`` is ``test`` (reported) or ``val`` (choices: learning rates).
+  """
   from w2s_jax.data import synthetic  # noqa: PLC0415
 
+  if split not in ("test", "val"):
+    raise ValueError(f"split={split!r}: held-out problems are test or val.")
   task = synthetic.TaskConfig(**dict(task_keys))
   return [
       {
@@ -339,5 +421,60 @@ def test_problems(
           "question": synthetic.prompt(p, style),
           "answer": p.answer,
       }
-      for p in synthetic.sample_problems(task, "test", n, seed=0)
+      for p in synthetic.sample_problems(task, split, n, seed=0)
   ]
+
+
+def chance(problems: list[dict[str, Any]]) -> tuple[int, float]:
+  """The most common answer of ``problems`` and the share it gets right:
+  what always answering one number scores (chance level)."""
+  counts: dict[int, int] = {}
+  for p in problems:
+    counts[int(p["answer"])] = counts.get(int(p["answer"]), 0) + 1
+  answer = max(sorted(counts), key=lambda a: counts[a])
+  return answer, counts[answer] / max(len(problems), 1)
+
+
+def matched_traces(paths: Mapping[str, str], out_dir: str) -> dict[str, float]:
+  """Correct traces of several files cut to one count, one per problem.
+
+  Each input keeps its correct traces, at most one per problem (the first);
+  every output ``<out_dir>/<name>.jsonl`` then holds the first ``N`` of
+  them, ``N`` the smallest count, so SFT on any of them sees as many traces
+  for as many epochs.
+
+  Returns:
+    ``{count, available_<name>}``.
+  """
+  kept: dict[str, list[str]] = {}
+  for name, path in paths.items():
+    seen, lines = set(), []
+    with open(path) as f:
+      for line in f:
+        if not line.strip():
+          continue
+        rec = json.loads(line)
+        if rec.get("correct") and rec.get("prompt") not in seen:
+          seen.add(rec.get("prompt"))
+          lines.append(line if line.endswith("\n") else line + "\n")
+    kept[name] = lines
+  count = min((len(v) for v in kept.values()), default=0)
+  os.makedirs(out_dir, exist_ok=True)
+  for name, lines in kept.items():
+    _atomic_text(os.path.join(out_dir, f"{name}.jsonl"), "".join(lines[:count]))
+  out = {"count": float(count)}
+  out.update({f"available_{k}": float(len(v)) for k, v in kept.items()})
+  return out
+
+
+def _atomic_text(path: str, text: str) -> None:
+  d = os.path.dirname(path)
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise

@@ -76,14 +76,17 @@ def test_default_sequences_fit_the_cpu_budget():
 
 def test_splits_disjoint_deterministic_and_prefix_stable():
   task = S.TaskConfig()
+  size = {s: 300 if s == "val" else 500 for s in S.SPLITS}  # val: ~426
   keys = {
-      s: [p.key for p in S.sample_problems(task, s, 500, seed=0)]
+      s: [p.key for p in S.sample_problems(task, s, size[s], seed=0)]
       for s in S.SPLITS
   }
   for s in S.SPLITS:
-    assert len(set(keys[s])) == 500  # distinct within a split
+    assert len(set(keys[s])) == size[s]  # distinct within a split
   assert not set(keys["test"]) & set(keys["train"])
   assert not set(keys["test"]) & set(keys["pretrain"])
+  for s in ("train", "pretrain", "test"):  # validation is its own bucket
+    assert not set(keys["val"]) & set(keys[s])
   again = S.sample_problems(task, "train", 500, seed=0)
   assert [p.key for p in again] == keys["train"]
   short = S.sample_problems(task, "train", 100, seed=0)
@@ -99,17 +102,19 @@ def test_buckets_partition_a_small_space_exactly():
     S.sample_problems(task, "test", 26, test_fraction=0.5)
   n_test = int(re.search(r"only (\d+)", str(e.value))[1])
   assert 0 < n_test < 25
-  n_train = 25 - n_test
-  test = {
-      p.key for p in S.sample_problems(task, "test", n_test, test_fraction=0.5)
-  }
-  train = {
-      p.key
-      for p in S.sample_problems(task, "train", n_train, test_fraction=0.5)
-  }
-  assert test | train == everything and not test & train
+  kw = dict(test_fraction=0.5, val_fraction=0.3)
+  with pytest.raises(ValueError, match=r"only (\d+) distinct") as e:
+    S.sample_problems(task, "val", 26, **kw)
+  n_val = int(re.search(r"only (\d+)", str(e.value))[1])
+  n_train = 25 - n_test - n_val
+  assert n_val > 0 and n_train > 0
+  test = {p.key for p in S.sample_problems(task, "test", n_test, **kw)}
+  val = {p.key for p in S.sample_problems(task, "val", n_val, **kw)}
+  train = {p.key for p in S.sample_problems(task, "train", n_train, **kw)}
+  assert test | val | train == everything
+  assert not test & train and not val & train and not val & test
   with pytest.raises(ValueError, match="ask for fewer"):
-    S.sample_problems(task, "train", n_train + 1, test_fraction=0.5)
+    S.sample_problems(task, "train", n_train + 1, **kw)
 
 
 def test_weak_teacher_traces_grade_as_their_facts_say():

@@ -21,12 +21,18 @@ What the task expresses (../shared/STUDY.md):
 * Latent skill without the format: the ``latent`` style writes the whole
   computation in another notation (``c:9*0+0.9*0=0,0+0=0 a0``) for
   pretraining a strong student; ``fact_records`` gives bare facts.
-* Grading: ``answer_of``, ``grade`` and ``step_accuracy`` (STUDY rule 3).
+* Grading: ``answer_of``, ``grade`` and ``step_accuracy`` (STUDY rule 3);
+  ``grade(..., notation="any")`` / ``answer_any`` accept an answer in any
+  style and ``format_ok`` checks the asked format, so skill and format are
+  measured apart.
 
-Train and test are disjoint by problem: a hash of (seed, core problem)
-assigns each problem to the test bucket with probability ``test_fraction``,
-independent of how many problems are drawn, so the test set never moves
-when the training set grows. Distractors are not part of the identity.
+Train, validation and test are disjoint by problem: a hash of (seed, core
+problem) assigns each problem to the test bucket with probability
+``test_fraction``, and a second hash puts a ``val_fraction`` of the rest in
+the validation bucket (for choosing checkpoints and learning rates, never
+the test set); both are independent of how many problems are drawn, so the
+held-out sets never move when the training set grows. Distractors are not
+part of the identity.
 
 Layout: ``synthetic_task`` holds problems, fact tables, styles and traces,
 ``synthetic_grading`` the graders; this module draws problems per split and
@@ -45,7 +51,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from w2s_jax.data.synthetic_grading import (
+    answer_any,
     answer_of,
+    best_step_accuracy,
+    format_ok,
     grade,
     parse_steps,
     step_accuracy,
@@ -85,15 +94,18 @@ __all__ = [
     "render",
     "solve",
     # Re-exported from synthetic_grading.
+    "answer_any",
     "answer_of",
+    "best_step_accuracy",
+    "format_ok",
     "grade",
     "parse_steps",
     "step_accuracy",
 ]
 
-SPLITS = ("train", "test", "pretrain")
+SPLITS = ("train", "test", "pretrain", "val")
 # Independent random streams per split; the values are arbitrary constants.
-_SPLIT_SALT = {"train": 1, "test": 2, "pretrain": 3, "facts": 4}
+_SPLIT_SALT = {"train": 1, "test": 2, "pretrain": 3, "facts": 4, "val": 5}
 # Problem spaces up to this size are enumerated (exact bucket sizes, exact
 # "too many problems" errors); larger ones are rejection-sampled.
 _ENUMERATE_LIMIT = 1 << 17
@@ -131,19 +143,22 @@ def sample_problems(
     *,
     seed: int = 0,
     test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
 ) -> list[Problem]:
   """Draws ``n`` distinct problems of one split.
 
-  ``test`` draws from the hashed test bucket, ``train`` and ``pretrain`` (two
-  independent streams that may overlap) from the rest. The draw for a
-  smaller ``n`` is a prefix of the draw for a larger one.
+  ``test`` draws from the hashed test bucket, ``val`` from the hashed
+  validation bucket, ``train`` and ``pretrain`` (two independent streams
+  that may overlap) from the rest. The draw for a smaller ``n`` is a prefix
+  of the draw for a larger one.
 
   Args:
     task: Difficulty.
     split: One of ``SPLITS``.
     n: How many problems.
-    seed: Data seed; fixes the test bucket and every draw.
+    seed: Data seed; fixes the buckets and every draw.
     test_fraction: Share of the problem space in the test bucket.
+    val_fraction: Share of the non-test problems in the validation bucket.
 
   Returns:
     ``n`` problems, distractors drawn per problem.
@@ -152,17 +167,26 @@ def sample_problems(
     raise ValueError(f"split={split!r}: choose one of {SPLITS}.")
   if not 0.0 < test_fraction < 1.0:
     raise ValueError(f"test_fraction={test_fraction}: must be in (0, 1).")
+  if not 0.0 <= val_fraction < 1.0:
+    raise ValueError(f"val_fraction={val_fraction}: must be in [0, 1).")
   if n < 0:
     raise ValueError(f"n={n}: must be >= 0.")
   rng = np.random.default_rng([seed, _SPLIT_SALT[split]])
-  want_test, seen, out = split == "test", set(), []
+  seen, out = set(), []
+
+  def bucket(key: str) -> str:
+    if _unit_hash(seed, key) < test_fraction:
+      return "test"
+    return "val" if _unit_hash(seed, "val|" + key) < val_fraction else "train"
+
+  want = {"pretrain": "train"}.get(split, split)
   # Rejection sampling has no exact bucket size; give up after many draws.
   enumerated = task.space_size <= _ENUMERATE_LIMIT
   max_draws = float("inf") if enumerated else 64 * n + 10_000
   for draws, p in enumerate(_candidates(task, rng)):
     if len(out) == n or draws >= max_draws:
       break
-    if (_unit_hash(seed, p.key) < test_fraction) != want_test or p.key in seen:
+    if p.key in seen or bucket(p.key) != want:
       continue
     seen.add(p.key)
     d_rng = np.random.default_rng([seed, _SPLIT_SALT[split], len(out), 1])
@@ -178,7 +202,8 @@ def sample_problems(
   if len(out) < n:
     raise ValueError(
         f"Asked for {n} {split} problems but only {len(out)} distinct ones"
-        f" exist in that bucket ({task}, test_fraction={test_fraction});"
+        f" exist in that bucket ({task}, test_fraction={test_fraction},"
+        f" val_fraction={val_fraction});"
         " ask for fewer or raise steps/modulus."
     )
   return out
