@@ -469,7 +469,7 @@ def train_config(method: str) -> ml_collections.ConfigDict:
       )
   )
   c.loss = ml_collections.ConfigDict(
-      dict(vocab_size=0, chunk_size=96), type_safe=False
+      dict(vocab_size=0, chunk_size=0), type_safe=False
   )
   c.lora = ml_collections.ConfigDict(
       dict(
