@@ -120,21 +120,13 @@ class Attention(nnx.Module):
       self.q_norm = RMSNorm(h, cfg.norm_eps, param_dtype=pd, rngs=rngs)
       self.k_norm = RMSNorm(h, cfg.norm_eps, param_dtype=pd, rngs=rngs)
 
-  def __call__(
-      self,
-      x_BLD: jax.Array,
-      positions_BL: jax.Array,
-      ctx: "_Context",
-      layer_cache: kv_cache.LayerCache | None,
-  ) -> tuple[jax.Array, kv_cache.LayerCache | None]:
+  def _fused_qkv(self, x_BLD, prec):
+    """q, k, v from one [D, (N + 2K) * H] matmul (fewer, larger kernels;
+    the parameters stay separate, in the Hugging Face layout)."""
     cfg = self.cfg
-    dt = x_BLD.dtype
-    prec = cfg.precision
-    w = lambda p: p.get_value().astype(dt)
+    w = lambda p: p.get_value().astype(x_BLD.dtype)
     b, l, d = x_BLD.shape
     n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    # One [D, (N + 2K) * H] matmul instead of three: fewer, larger kernels
-    # (the parameters stay separate, in the Hugging Face layout).
     w_DX = jnp.concatenate(
         [
             w(self.q_DNH).reshape(d, n * h),
@@ -154,6 +146,31 @@ class Attention(nnx.Module):
     q = qkv[..., : n * h].reshape(b, l, n, h)
     k_ = qkv[..., n * h : (n + k) * h].reshape(b, l, k, h)
     v = qkv[..., (n + k) * h :].reshape(b, l, k, h)
+    return q, k_, v
+
+  def __call__(
+      self,
+      x_BLD: jax.Array,
+      positions_BL: jax.Array,
+      ctx: "_Context",
+      layer_cache: kv_cache.LayerCache | None,
+  ) -> tuple[jax.Array, kv_cache.LayerCache | None]:
+    cfg = self.cfg
+    dt = x_BLD.dtype
+    prec = cfg.precision
+    w = lambda p: p.get_value().astype(dt)
+    if x_BLD.shape[1] > 1:
+      q, k_, v = self._fused_qkv(x_BLD, prec)
+    else:
+      # Decoding (one token): concatenating the weights inside the decode
+      # loop would copy them every step; three matmuls read them once.
+      q = jnp.einsum("BLD,DNH->BLNH", x_BLD, w(self.q_DNH), precision=prec)
+      k_ = jnp.einsum("BLD,DKH->BLKH", x_BLD, w(self.k_DKH), precision=prec)
+      v = jnp.einsum("BLD,DKH->BLKH", x_BLD, w(self.v_DKH), precision=prec)
+      if cfg.qkv_bias:
+        q = q + w(self.q_bias_NH)
+        k_ = k_ + w(self.k_bias_KH)
+        v = v + w(self.v_bias_KH)
     if cfg.qk_norm:
       q, k_ = self.q_norm(q), self.k_norm(k_)
     inv_freq = rope_inv_freq(cfg)
@@ -193,10 +210,18 @@ class Mlp(nnx.Module):
   def __call__(self, x_BLD: jax.Array, precision: str) -> jax.Array:
     dt = x_BLD.dtype
     w = lambda p: p.get_value().astype(dt)
-    # gate and up as one [D, 2, F] matmul (separate parameters on disk).
-    w_D2F = jnp.stack([w(self.gate_DF), w(self.up_DF)], axis=1)
-    gu = jnp.einsum("BLD,DTF->BLTF", x_BLD, w_D2F, precision=precision)
-    h = jax.nn.silu(gu[:, :, 0]) * gu[:, :, 1]
+    if x_BLD.shape[1] > 1:
+      # gate and up as one [D, 2F] matmul (separate parameters on disk).
+      f = self.up_DF.shape[1]
+      w_DX = jnp.concatenate([w(self.gate_DF), w(self.up_DF)], axis=1)
+      gu = jnp.einsum("BLD,DX->BLX", x_BLD, w_DX, precision=precision)
+      gate, up = gu[..., :f], gu[..., f:]
+    else:  # decoding: no per-step weight copy (see Attention)
+      gate = jnp.einsum(
+          "BLD,DF->BLF", x_BLD, w(self.gate_DF), precision=precision
+      )
+      up = jnp.einsum("BLD,DF->BLF", x_BLD, w(self.up_DF), precision=precision)
+    h = jax.nn.silu(gate) * up
     h = sharding.shard(h, "batch", "length", "act_mlp")
     return jnp.einsum("BLF,FD->BLD", h, w(self.down_FD), precision=precision)
 
