@@ -39,16 +39,19 @@ import tempfile
 import time
 import traceback
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
+# torch shares the GPU in this process: JAX must not grab 75 % of it upfront.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from w2s_jax.decoding import generation
-from w2s_jax.models import attention as attention_lib
-from w2s_jax.models import config as config_lib
-from w2s_jax.models import hf_io, transformer
-from w2s_jax.training import optim, steps
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from w2s_jax.decoding import generation  # noqa: E402
+from w2s_jax.models import attention as attention_lib  # noqa: E402
+from w2s_jax.models import config as config_lib  # noqa: E402
+from w2s_jax.models import hf_io, transformer  # noqa: E402
+from w2s_jax.training import optim, steps  # noqa: E402
 
 # Nominal dense bf16 peaks (FLOP/s) and memory bandwidths (B/s) by card.
 NOMINAL = {
