@@ -26,7 +26,9 @@ def _unstacked_blocks(scanned_state, num_layers):
   ]
 
 
-@pytest.mark.parametrize("preset", ["tiny-qwen2", "tiny-qwen3"])
+@pytest.mark.parametrize(
+    "preset", ["tiny-qwen2", pytest.param("tiny-qwen3", marks=pytest.mark.slow)]
+)
 def test_scanned_model_equals_unrolled_values_and_grads(preset):
   cfg = models.get_config(preset, remat="dots")
   tokens = _tokens(2, 10, cfg.vocab_size)
@@ -79,6 +81,7 @@ def test_scanned_cached_decode_equals_full_forward():
   )
 
 
+@pytest.mark.slow  # ~10 s quiet; the cached-decode test covers the cache
 def test_scanned_prefill_into_empty_cache_and_repeat():
   cfg = models.get_config("tiny-qwen2", scan_layers=True)
   model = models.init_model(cfg, seed=2)
