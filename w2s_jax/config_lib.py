@@ -229,6 +229,31 @@ CHECKS: list[Check] = [
 ]
 
 
+# Model run-time keys (the sets of w2s_jax.models.config, kept jax-free here;
+# tests/config_lib_test checks they agree). '' keeps the preset's value.
+_REMAT = ("", "none", "block", "dots", "dots_saveable")
+_ATTENTION = ("", "auto", "xla", "cudnn", "pallas")
+_PRECISION = ("", "default", "high", "highest")
+for _section in ("student", "teacher", "model"):
+  CHECKS += [
+      (
+          f"{_section}.overrides.remat",
+          lambda x: x in _REMAT,
+          f"one of {_REMAT}",
+      ),
+      (
+          f"{_section}.overrides.attention",
+          lambda x: x in _ATTENTION,
+          f"one of {_ATTENTION} (the platform is checked at model build)",
+      ),
+      (
+          f"{_section}.overrides.matmul_precision",
+          lambda x: x in _PRECISION,
+          f"one of {_PRECISION} ('' = highest for float32, default for bf16)",
+      ),
+  ]
+
+
 def _get(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
   node = cfg
   for part in dotted.split("."):
@@ -379,9 +404,16 @@ def model_section(
       "mlp_dim",
       "max_len",
       "remat",
+      "attention",
+      "matmul_precision",
+      "scan_layers",
   )
-  # 0 / "" mean "keep the preset's value" (None cannot be set from the CLI).
-  ov = {k: overrides.pop(k, "" if k == "remat" else 0) for k in keys}
+  # 0 / "" / False mean "keep the preset's value" (None cannot be set from
+  # the CLI).
+  defaults = dict(
+      remat="", attention="", matmul_precision="", scan_layers=False
+  )
+  ov = {k: overrides.pop(k, defaults.get(k, 0)) for k in keys}
   if overrides:
     raise ValueError(f"unknown model overrides {sorted(overrides)}.")
   return ml_collections.ConfigDict(
@@ -468,7 +500,7 @@ def train_config(method: str) -> ml_collections.ConfigDict:
       )
   )
   c.loss = ml_collections.ConfigDict(
-      dict(vocab_size=0, chunk_size=96), type_safe=False
+      dict(vocab_size=0, chunk_size=0), type_safe=False
   )
   c.lora = ml_collections.ConfigDict(
       dict(

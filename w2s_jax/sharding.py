@@ -52,6 +52,7 @@ LOGICAL_AXIS_RULES: Rules = (
     ("head_dim", None),
     ("norm", None),
     ("cache_length", None),
+    ("layers", None),  # the stacked axis of scan_layers models
 )
 
 # Decoding: weights are not FSDP-sharded (each step would all-gather them).

@@ -190,3 +190,14 @@ def test_bad_inputs_raise_clear_errors():
     losses.chunked_divergence("jsd", h_s, w_s, h_t, w_t, mask, beta=2.0)
   with pytest.raises(ValueError, match="targets_N has shape"):
     losses.chunked_cross_entropy(h_s, w_s, targets[:, :2], mask)
+
+
+def test_auto_chunk_size_bounds_memory_by_vocab_and_width():
+  # The distill shape: N = 4 x 1024, V = 151,936, student D = 896.
+  c = chunked.auto_chunk_size(4096, 151_936, 896)
+  assert c == 384 and c % 64 == 0
+  assert 4 * c * 151_936 <= 2 * 896 * 151_936  # per-step buffers <= 2 dW
+  assert c * 151_936 * 4 <= 2**28  # one fp32 [C, V] buffer <= 256 MiB
+  assert chunked.auto_chunk_size(512, 151_936, 512) == 256  # D / 2 binds
+  assert chunked.auto_chunk_size(256, 32_000, 4096) == 128  # half the tokens
+  assert chunked.auto_chunk_size(40, 256, 64) == 64  # tiny: one chunk

@@ -3,6 +3,7 @@
 import pytest
 
 from w2s_jax import models
+from w2s_jax.models import config
 
 # Parameter counts published on the model cards (total, in billions).
 PUBLISHED = {
@@ -54,3 +55,22 @@ def test_unknown_preset():
 def test_invalid_config(kw, msg):
   with pytest.raises(ValueError, match=msg):
     models.get_config("tiny-qwen2", **kw)
+
+
+def test_config_lib_model_keys_agree_and_are_validated():
+  from w2s_jax import config_lib  # pylint: disable=g-import-not-at-top
+
+  assert set(config_lib._REMAT) == {"", *config.REMAT_POLICIES}
+  assert set(config_lib._ATTENTION) == {"", *config.ATTENTION_BACKENDS}
+  assert set(config_lib._PRECISION) == set(config.MATMUL_PRECISIONS)
+  base = config_lib.train_config("sft")
+  assert base.student.overrides.scan_layers is False
+  for key, bad in (
+      ("attention", "flash"),
+      ("matmul_precision", "tf32"),
+      ("remat", "full"),
+  ):
+    cfg = config_lib.train_config("sft")
+    cfg.student.overrides[key] = bad
+    with pytest.raises(ValueError, match=f"student.overrides.{key}="):
+      config_lib.validate(cfg)

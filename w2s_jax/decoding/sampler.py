@@ -177,11 +177,11 @@ def check_vocab_size(
 
 
 def _shard_cache(cache: kv_cache.Cache) -> kv_cache.Cache:
+  names = ("batch", "cache_length", "act_kv_heads", None)
+  # A scanned model's cache is stacked: [layers, B, S, K, H].
+  shard = lambda x: sharding.shard(x, *(None,) * (x.ndim - 4), *names)
   layers = tuple(
-      kv_cache.LayerCache(*(
-          sharding.shard(x, "batch", "cache_length", "act_kv_heads", None)
-          for x in (layer.k_BSKH, layer.v_BSKH)
-      ))
+      kv_cache.LayerCache(*(shard(x) for x in (layer.k_BSKH, layer.v_BSKH)))
       for layer in cache.layers
   )
   seg = sharding.shard(cache.segment_ids_BS, "batch", "cache_length")
@@ -240,14 +240,19 @@ def prefill_model(
   """
   b = tokens_BP.shape[0]
   cache = kv_cache.init_cache(model.cfg, b, cache_len)
-  h_BPD, cache = model.hidden(tokens_BP, None, segment_ids_BP, cache)
+  # The cache is fresh: prefill attends over the prompt with the model's
+  # attention backend (flash kernels on GPU/TPU), not over every slot.
+  h_BPD, cache = model.hidden(
+      tokens_BP, None, segment_ids_BP, cache, cache_is_empty=True
+  )
   # Only the last position predicts a new token: skip P-1 vocab projections.
   logits_BV = unembed(model, h_BPD[:, -1])[:, :vocab_size]
   prompt_len_B = jnp.sum(segment_ids_BP != 0, axis=1, dtype=jnp.int32)
   if n > 1:
     rep = lambda x: jnp.repeat(x, n, axis=0)
+    rep_kv = lambda x: jnp.repeat(x, n, axis=x.ndim - 4)  # stacked or not
     cache = cache.replace(
-        layers=jax.tree.map(rep, cache.layers),
+        layers=jax.tree.map(rep_kv, cache.layers),
         segment_ids_BS=rep(cache.segment_ids_BS),
     )
     logits_BV, prompt_len_B = rep(logits_BV), rep(prompt_len_B)

@@ -41,13 +41,32 @@ import jax.numpy as jnp
 
 from w2s_jax.losses import aggregation, divergences, topk
 
-DEFAULT_CHUNK_SIZE = 96
+DEFAULT_CHUNK_SIZE = None  # chosen per call by `auto_chunk_size`
 DEFAULT_DW_BLOCKS = 8
 
 # token_fn(z_CV, chunk_tree, shared_tree) -> (loss_C, aux dict of [C] values).
 TokenFn = Callable[
     [jax.Array, Any, Any], tuple[jax.Array, dict[str, jax.Array]]
 ]
+
+
+def auto_chunk_size(n_tokens: int, vocab: int, d_model: int) -> int:
+  """Tokens per scan step when the caller sets none.
+
+  Each step holds about four fp32 [C, V] buffers (logits of both models,
+  log-probs, the logit gradient) next to the fp32 dW_s [D, V] that the scan
+  accumulates anyway. C is the largest multiple of 64 with (a) those
+  buffers no larger than twice dW_s (4·C·V <= 2·D·V, i.e. C <= D / 2) and
+  (b) one [C, V] buffer within 256 MiB, and (c) at most half the tokens, so
+  the chunked path never holds as much as the dense one. Larger chunks mean
+  fewer scan steps and fewer re-reads of W (faster); (a)-(c) bound memory.
+  At least 64 (small models and batches then run one or few chunks).
+  """
+  by_width = d_model // 2
+  by_bytes = 2**28 // (4 * max(vocab, 1))
+  c = max(64, min(by_width, by_bytes) // 64 * 64)
+  half = -(-n_tokens // 2)
+  return min(c, max(64, -(-half // 64) * 64))
 
 
 def _to_chunks(x: jax.Array, n_chunks: int, chunk: int) -> jax.Array:
@@ -181,7 +200,7 @@ def chunked_weighted_sum(
     mask_N: jax.Array,
     *,
     width: int,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     dw_blocks: int = DEFAULT_DW_BLOCKS,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Σ_n w_n·ℓ_n with ℓ from student logits h_s·W_s, chunked over tokens.
@@ -201,14 +220,17 @@ def chunked_weighted_sum(
     width: vocabulary width token_fn sees (≤ V_s; slices padded logits).
     chunk_size: most tokens per scan step; the N tokens are split into
       ceil(N / chunk_size) equal chunks (padding at most one per chunk).
+      None: `auto_chunk_size` of N, V and D.
     dw_blocks: vocab blocks of the in-place dW accumulation (1 = one update).
 
   Returns:
     (Σ w·ℓ, {name: Σ_mask aux}).
   """
+  n = max(h_s_ND.shape[0], 1)
+  if chunk_size is None:
+    chunk_size = auto_chunk_size(n, w_s_DV.shape[1], w_s_DV.shape[0])
   if not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}.")
-  n = max(h_s_ND.shape[0], 1)
   n_chunks = math.ceil(n / chunk_size)
   chunk = math.ceil(n / n_chunks)
   pad = n_chunks * chunk - h_s_ND.shape[0]
@@ -271,7 +293,7 @@ def chunked_divergence(
     normalizer: jax.Array | float | None = None,
     max_len: int | None = None,
     vocab_size: int | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     dw_blocks: int = DEFAULT_DW_BLOCKS,
     prefix: str = "distill",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -363,7 +385,7 @@ def chunked_topk_divergence(
     normalizer: jax.Array | float | None = None,
     max_len: int | None = None,
     vocab_size: int | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     dw_blocks: int = DEFAULT_DW_BLOCKS,
     prefix: str = "distill",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -451,7 +473,7 @@ def chunked_cross_entropy(
     normalizer: jax.Array | float | None = None,
     max_len: int | None = None,
     vocab_size: int | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     dw_blocks: int = DEFAULT_DW_BLOCKS,
     prefix: str = "sft",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -19,7 +19,14 @@ _DTYPES = {
     "bfloat16": jnp.bfloat16,
     "float16": jnp.float16,
 }
-REMAT_POLICIES = ("none", "block", "dots")
+REMAT_POLICIES = ("none", "block", "dots", "dots_saveable")
+# Attention kernels (models/attention.py checks them against the platform).
+ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "pallas")
+# Matmul precision of the model's einsums; '' picks by compute dtype:
+# float32 -> 'highest' (true fp32 even where the default is TF32 or bf16
+# passes, so fp32 parity with transformers holds on GPU and TPU), bfloat16 /
+# float16 -> 'default' (the hardware's fast path).
+MATMUL_PRECISIONS = ("", "default", "high", "highest")
 
 
 def parse_dtype(name: Any) -> Any:
@@ -66,7 +73,17 @@ class TransformerConfig:
     param_dtype: storage dtype of parameters.
     dtype: compute dtype of matmuls (softmax and norms are always fp32).
     max_len: default KV-cache length / maximum position.
-    remat: 'none', 'block' (recompute each block) or 'dots' (save matmuls).
+    remat: 'none', 'block' (recompute each block), 'dots' (save matmuls
+      without batch dims: the weight matmuls), 'dots_saveable' (save every
+      matmul, attention scores included: least recompute, most memory).
+    attention: attention backend for training and prefill, one of
+      ``ATTENTION_BACKENDS`` ('auto': cuDNN on GPU, Pallas on TPU, XLA on
+      CPU); decoding against a cache always uses the XLA one-query path.
+    matmul_precision: one of ``MATMUL_PRECISIONS``; '' = by compute dtype
+      (see ``precision``).
+    scan_layers: stack the blocks' parameters on a leading 'layers' axis and
+      run them under ``jax.lax.scan`` (compile time flat in depth). The
+      Hugging Face files on disk are the same either way.
   """
 
   vocab_size: int
@@ -88,6 +105,9 @@ class TransformerConfig:
   max_len: int = 2048
 
   remat: str = "none"
+  attention: str = "auto"
+  matmul_precision: str = ""
+  scan_layers: bool = False
 
   def __post_init__(self):
     for name in (
@@ -116,8 +136,25 @@ class TransformerConfig:
       )
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat {self.remat!r} is not one of {REMAT_POLICIES}.")
+    if self.attention not in ATTENTION_BACKENDS:
+      raise ValueError(
+          f"attention {self.attention!r} is not one of {ATTENTION_BACKENDS}."
+      )
+    if self.matmul_precision not in MATMUL_PRECISIONS:
+      raise ValueError(
+          f"matmul_precision {self.matmul_precision!r} is not one of"
+          f" {MATMUL_PRECISIONS} ('' = 'highest' for float32 compute,"
+          " 'default' for bfloat16/float16)."
+      )
     parse_dtype(self.param_dtype)
     parse_dtype(self.dtype)
+
+  @property
+  def precision(self) -> str:
+    """The matmul precision in effect (``matmul_precision`` resolved)."""
+    if self.matmul_precision:
+      return self.matmul_precision
+    return "highest" if parse_dtype(self.dtype) == jnp.float32 else "default"
 
   @property
   def num_groups(self) -> int:

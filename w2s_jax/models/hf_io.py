@@ -268,6 +268,15 @@ def _key_map(
   return entries
 
 
+def _stacked_path(
+    cfg: Config, nnx_path: tuple[Any, ...]
+) -> tuple[tuple[Any, ...], int | None]:
+  """Unrolled path ('blocks', i, ...) -> (stacked path, i) under scan_layers."""
+  if cfg.scan_layers and nnx_path[0] == "blocks":
+    return ("blocks", *nnx_path[2:]), nnx_path[1]
+  return nnx_path, None
+
+
 # ----------------------------------------------------------------------------
 # Reading safetensors.
 
@@ -417,10 +426,14 @@ def load_pretrained(
       dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
   )
   values = {}
+  stacks: dict[tuple[Any, ...], np.ndarray] = {}  # scan_layers: host buffers
+  filled: dict[tuple[Any, ...], int] = {}
   for key, hf_array in _iter_tensors(files, sorted(expected)):
     nnx_path, _, to_nnx, _ = by_key[key]
-    target = abs_flat[nnx_path]
-    want = tuple(target.get_value().shape)
+    path, layer = _stacked_path(cfg, nnx_path)
+    target = abs_flat[path]
+    full = tuple(target.get_value().shape)
+    want = full if layer is None else full[1:]
     try:
       arr = to_nnx(hf_array)
     except ValueError:
@@ -433,13 +446,22 @@ def load_pretrained(
           " disagree."
       )
     arr = arr.astype(np_dtype)
+    del hf_array
+    if layer is not None:  # fill the stacked buffer; placed when complete
+      if path not in stacks:
+        stacks[path] = np.empty(full, np_dtype)
+      stacks[path][layer] = arr
+      filled[path] = filled.get(path, 0) + 1
+      if filled[path] < cfg.num_layers:
+        continue
+      arr = stacks.pop(path)
     if mesh is not None:
-      sh = shard_flat[nnx_path].get_value()
-      value = jax.make_array_from_callback(want, sh, lambda idx, a=arr: a[idx])
+      sh = shard_flat[path].get_value()
+      value = jax.make_array_from_callback(full, sh, lambda idx, a=arr: a[idx])
     else:
       value = jnp.asarray(arr)
-    values[nnx_path] = value
-    del hf_array, arr  # keep at most one host copy alive
+    values[path] = value
+    del arr  # keep at most one host copy alive
 
   flat = [(p, v.replace(values[p])) for p, v in abs_flat.items()]
   state = nnx.from_flat_state(flat)
@@ -475,7 +497,11 @@ def save_pretrained(
   flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   tensors: dict[str, np.ndarray] = {}
   for nnx_path, key, _, to_hf in _key_map(cfg):
-    value = np.asarray(jax.device_get(flat[nnx_path].get_value()))
+    spath, layer = _stacked_path(cfg, nnx_path)
+    value = flat[spath].get_value()
+    if layer is not None:
+      value = value[layer]
+    value = np.asarray(jax.device_get(value))
     tensors[key] = np.ascontiguousarray(to_hf(value).astype(np_dtype))
 
   parent = os.path.dirname(os.path.abspath(path)) or "."

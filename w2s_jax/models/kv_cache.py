@@ -8,6 +8,10 @@ ragged prompts are left-padded, so every row writes the same slot each step).
 the segment id of the token (1 for ordinary sequences, 1.. for packed ones).
 A query at slot q sees a key at slot s iff s <= q, the key slot is non-empty
 and both carry the same segment id.
+
+With ``scan_layers`` the cache holds one ``LayerCache`` whose arrays carry a
+leading layer axis ([layers, B, S, K, H]); each scanned layer writes and reads
+its own index in place.
 """
 
 from __future__ import annotations
@@ -48,13 +52,15 @@ def init_cache(
   dt = config_lib.parse_dtype(dtype or cfg.dtype)
   shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
 
-  def zeros():
-    z = jnp.zeros(shape, dt)
-    return sharding.shard(z, "batch", "cache_length", "act_kv_heads", None)
+  names = ("batch", "cache_length", "act_kv_heads", None)
+  if cfg.scan_layers:
+    shape, names = (cfg.num_layers, *shape), (None, *names)
 
-  layers = tuple(
-      LayerCache(k_BSKH=zeros(), v_BSKH=zeros()) for _ in range(cfg.num_layers)
-  )
+  def zeros():
+    return sharding.shard(jnp.zeros(shape, dt), *names)
+
+  num = 1 if cfg.scan_layers else cfg.num_layers
+  layers = tuple(LayerCache(k_BSKH=zeros(), v_BSKH=zeros()) for _ in range(num))
   return Cache(
       layers=layers,
       segment_ids_BS=jnp.zeros((batch_size, max_len), jnp.int32),
@@ -77,10 +83,18 @@ def update_layer(
     k_BLKH: jax.Array,
     v_BLKH: jax.Array,
     end_index: jax.Array,
+    layer_index: jax.Array | None = None,
 ) -> LayerCache:
-  """Writes new keys/values at slots [end_index, end_index + L)."""
+  """Writes new keys/values at slots [end_index, end_index + L).
+
+  With ``layer_index`` the cache is stacked and only that layer's slots are
+  written (in place inside a scan).
+  """
   zero = jnp.int32(0)
   idx = (zero, end_index, zero, zero)
+  if layer_index is not None:
+    idx = (layer_index, *idx)
+    k_BLKH, v_BLKH = k_BLKH[None], v_BLKH[None]
   k = jax.lax.dynamic_update_slice(
       layer.k_BSKH, k_BLKH.astype(layer.k_BSKH.dtype), idx
   )
@@ -88,6 +102,16 @@ def update_layer(
       layer.v_BSKH, v_BLKH.astype(layer.v_BSKH.dtype), idx
   )
   return LayerCache(k_BSKH=k, v_BSKH=v)
+
+
+def layer_kv(
+    layer: LayerCache, layer_index: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+  """Keys and values [B, S, K, H] of one layer (indexed when stacked)."""
+  if layer_index is None:
+    return layer.k_BSKH, layer.v_BSKH
+  take = lambda x: jax.lax.dynamic_index_in_dim(x, layer_index, keepdims=False)
+  return take(layer.k_BSKH), take(layer.v_BSKH)
 
 
 def attention_mask(

@@ -20,9 +20,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from w2s_jax import sharding
+from w2s_jax.models import attention as attention_lib
 from w2s_jax.models import config as config_lib
 from w2s_jax.models import kv_cache
 
@@ -119,49 +120,80 @@ class Attention(nnx.Module):
       self.q_norm = RMSNorm(h, cfg.norm_eps, param_dtype=pd, rngs=rngs)
       self.k_norm = RMSNorm(h, cfg.norm_eps, param_dtype=pd, rngs=rngs)
 
+  def _fused_qkv(self, x_BLD, prec):
+    """q, k, v from one [D, (N + 2K) * H] matmul (fewer, larger kernels;
+    the parameters stay separate, in the Hugging Face layout)."""
+    cfg = self.cfg
+    w = lambda p: p.get_value().astype(x_BLD.dtype)
+    b, l, d = x_BLD.shape
+    n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    w_DX = jnp.concatenate(
+        [
+            w(self.q_DNH).reshape(d, n * h),
+            w(self.k_DKH).reshape(d, k * h),
+            w(self.v_DKH).reshape(d, k * h),
+        ],
+        axis=1,
+    )
+    qkv = jnp.einsum("BLD,DX->BLX", x_BLD, w_DX, precision=prec)
+    if cfg.qkv_bias:
+      bias_X = jnp.concatenate([
+          w(self.q_bias_NH).reshape(-1),
+          w(self.k_bias_KH).reshape(-1),
+          w(self.v_bias_KH).reshape(-1),
+      ])
+      qkv = qkv + bias_X
+    q = qkv[..., : n * h].reshape(b, l, n, h)
+    k_ = qkv[..., n * h : (n + k) * h].reshape(b, l, k, h)
+    v = qkv[..., (n + k) * h :].reshape(b, l, k, h)
+    return q, k_, v
+
   def __call__(
       self,
       x_BLD: jax.Array,
       positions_BL: jax.Array,
-      mask_BLS: jax.Array,
+      ctx: "_Context",
       layer_cache: kv_cache.LayerCache | None,
-      end_index: jax.Array | None,
   ) -> tuple[jax.Array, kv_cache.LayerCache | None]:
     cfg = self.cfg
     dt = x_BLD.dtype
+    prec = cfg.precision
     w = lambda p: p.get_value().astype(dt)
-    q = jnp.einsum("BLD,DNH->BLNH", x_BLD, w(self.q_DNH))
-    k = jnp.einsum("BLD,DKH->BLKH", x_BLD, w(self.k_DKH))
-    v = jnp.einsum("BLD,DKH->BLKH", x_BLD, w(self.v_DKH))
-    if cfg.qkv_bias:
-      q, k, v = (
-          q + w(self.q_bias_NH),
-          k + w(self.k_bias_KH),
-          v + w(self.v_bias_KH),
-      )
+    if x_BLD.shape[1] > 1:
+      q, k_, v = self._fused_qkv(x_BLD, prec)
+    else:
+      # Decoding (one token): concatenating the weights inside the decode
+      # loop would copy them every step; three matmuls read them once.
+      q = jnp.einsum("BLD,DNH->BLNH", x_BLD, w(self.q_DNH), precision=prec)
+      k_ = jnp.einsum("BLD,DKH->BLKH", x_BLD, w(self.k_DKH), precision=prec)
+      v = jnp.einsum("BLD,DKH->BLKH", x_BLD, w(self.v_DKH), precision=prec)
+      if cfg.qkv_bias:
+        q = q + w(self.q_bias_NH)
+        k_ = k_ + w(self.k_bias_KH)
+        v = v + w(self.v_bias_KH)
     if cfg.qk_norm:
-      q, k = self.q_norm(q), self.k_norm(k)
+      q, k_ = self.q_norm(q), self.k_norm(k_)
     inv_freq = rope_inv_freq(cfg)
     q = apply_rope(q, positions_BL, inv_freq)
-    k = apply_rope(k, positions_BL, inv_freq)
+    k_ = apply_rope(k_, positions_BL, inv_freq)
     q = sharding.shard(q, "batch", "length", "act_heads", None)
-    k = sharding.shard(k, "batch", "length", "act_kv_heads", None)
+    k_ = sharding.shard(k_, "batch", "length", "act_kv_heads", None)
     v = sharding.shard(v, "batch", "length", "act_kv_heads", None)
 
     if layer_cache is not None:
-      layer_cache = kv_cache.update_layer(layer_cache, k, v, end_index)
-      k, v = layer_cache.k_BSKH.astype(dt), layer_cache.v_BSKH.astype(dt)
-
-    b, l = x_BLD.shape[:2]
-    q = q.reshape(b, l, cfg.num_kv_heads, cfg.num_groups, cfg.head_dim)
-    scores = jnp.einsum(
-        "BLKGH,BSKH->BKGLS", q, k, preferred_element_type=jnp.float32
-    ) / jnp.sqrt(jnp.float32(cfg.head_dim))
-    scores = jnp.where(mask_BLS[:, None, None], scores, _NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out = jnp.einsum("BKGLS,BSKH->BLKGH", probs, v)
-    out = out.reshape(b, l, cfg.num_heads, cfg.head_dim)
-    y = jnp.einsum("BLNH,NHD->BLD", out, w(self.o_NHD))
+      layer_cache = kv_cache.update_layer(
+          layer_cache, k_, v, ctx.end_index, ctx.layer_index
+      )
+    if ctx.mask_BLS is None:  # self-attention over these L tokens
+      out = attention_lib.attention(
+          q, k_, v, ctx.segment_ids_BL, cfg.attention, prec
+      )
+    else:  # against the cache (decoding)
+      k_all, v_all = kv_cache.layer_kv(layer_cache, ctx.layer_index)
+      out = attention_lib.xla_attention(
+          q, k_all.astype(dt), v_all.astype(dt), ctx.mask_BLS, prec
+      )
+    y = jnp.einsum("BLNH,NHD->BLD", out, w(self.o_NHD), precision=prec)
     return y, layer_cache
 
 
@@ -175,12 +207,23 @@ class Mlp(nnx.Module):
     self.up_DF = _param(rngs, _normal, (d, f), ("embed", "mlp"), pd)
     self.down_FD = _param(rngs, _normal, (f, d), ("mlp", "embed"), pd)
 
-  def __call__(self, x_BLD: jax.Array) -> jax.Array:
+  def __call__(self, x_BLD: jax.Array, precision: str) -> jax.Array:
     dt = x_BLD.dtype
-    gate = jnp.einsum("BLD,DF->BLF", x_BLD, self.gate_DF.get_value().astype(dt))
-    up = jnp.einsum("BLD,DF->BLF", x_BLD, self.up_DF.get_value().astype(dt))
-    h = sharding.shard(jax.nn.silu(gate) * up, "batch", "length", "act_mlp")
-    return jnp.einsum("BLF,FD->BLD", h, self.down_FD.get_value().astype(dt))
+    w = lambda p: p.get_value().astype(dt)
+    if x_BLD.shape[1] > 1:
+      # gate and up as one [D, 2F] matmul (separate parameters on disk).
+      f = self.up_DF.shape[1]
+      w_DX = jnp.concatenate([w(self.gate_DF), w(self.up_DF)], axis=1)
+      gu = jnp.einsum("BLD,DX->BLX", x_BLD, w_DX, precision=precision)
+      gate, up = gu[..., :f], gu[..., f:]
+    else:  # decoding: no per-step weight copy (see Attention)
+      gate = jnp.einsum(
+          "BLD,DF->BLF", x_BLD, w(self.gate_DF), precision=precision
+      )
+      up = jnp.einsum("BLD,DF->BLF", x_BLD, w(self.up_DF), precision=precision)
+    h = jax.nn.silu(gate) * up
+    h = sharding.shard(h, "batch", "length", "act_mlp")
+    return jnp.einsum("BLF,FD->BLD", h, w(self.down_FD), precision=precision)
 
 
 class Block(nnx.Module):
@@ -197,18 +240,58 @@ class Block(nnx.Module):
     )
     self.mlp = Mlp(cfg, rngs=rngs)
 
-  def __call__(self, x_BLD, positions_BL, mask_BLS, layer_cache, end_index):
+  def __call__(self, x_BLD, positions_BL, ctx, layer_cache):
     y, layer_cache = self.attn(
-        self.attn_norm(x_BLD), positions_BL, mask_BLS, layer_cache, end_index
+        self.attn_norm(x_BLD), positions_BL, ctx, layer_cache
     )
     x_BLD = x_BLD + y
-    x_BLD = x_BLD + self.mlp(self.mlp_norm(x_BLD))
+    x_BLD = x_BLD + self.mlp(self.mlp_norm(x_BLD), self.attn.cfg.precision)
     x_BLD = sharding.shard(x_BLD, "batch", "length", "act_embed")
     return x_BLD, layer_cache
 
 
-def _block_apply(block, x, positions, mask, layer_cache, end_index):
-  return block(x, positions, mask, layer_cache, end_index)
+@struct.dataclass
+class _Context:
+  """What every block's attention needs besides its input.
+
+  ``mask_BLS`` is None for self-attention over the L new tokens (training,
+  prefill into an empty cache: the configured backend runs it); otherwise
+  the [B, L, S] mask against the cache slots (decoding, XLA path).
+  """
+
+  segment_ids_BL: jax.Array | None
+  mask_BLS: jax.Array | None
+  end_index: jax.Array | None
+  layer_index: jax.Array | None = None
+
+
+def _block_apply(block, x, positions, ctx, layer_cache):
+  return block(x, positions, ctx, layer_cache)
+
+
+_REMAT_POLICIES = {
+    "block": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+}
+
+
+def _stack_blocks(blocks: list[Block]) -> Block:
+  """One Block whose parameters carry a leading 'layers' axis."""
+  graphdef, _ = nnx.split(blocks[0])
+  states = [nnx.state(b) for b in blocks]
+
+  def stack(*vs):
+    names = vs[0].get_metadata().get("out_sharding")
+    value = jnp.stack([v.get_value() for v in vs])
+    return nnx.Param(
+        value, out_sharding=("layers", *names), eager_sharding=False
+    )
+
+  stacked = jax.tree.map(
+      stack, *states, is_leaf=lambda x: isinstance(x, nnx.Variable)
+  )
+  return nnx.merge(graphdef, stacked)
 
 
 def default_positions(segment_ids_BL: jax.Array) -> jax.Array:
@@ -230,9 +313,12 @@ class Transformer(nnx.Module):
     self.embed_VD = _param(
         rngs, _normal, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), pd
     )
-    self.blocks = nnx.List(
-        [Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)]
-    )
+    # Fails here, at model construction, when the platform lacks it.
+    attention_lib.check_backend(cfg.attention)
+    blocks = [Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)]
+    # Scanned: built layer by layer (the same values as unrolled for a seed),
+    # then stacked on a leading 'layers' axis.
+    self.blocks = _stack_blocks(blocks) if cfg.scan_layers else nnx.List(blocks)
     self.final_norm = RMSNorm(
         cfg.d_model, cfg.norm_eps, param_dtype=pd, rngs=rngs
     )
@@ -247,6 +333,7 @@ class Transformer(nnx.Module):
       positions_BL: jax.Array | None = None,
       segment_ids_BL: jax.Array | None = None,
       cache: kv_cache.Cache | None = None,
+      cache_is_empty: bool = False,
   ) -> tuple[jax.Array, kv_cache.Cache | None]:
     """Final-norm hidden states [B, L, D] and the updated cache.
 
@@ -255,55 +342,83 @@ class Transformer(nnx.Module):
       positions_BL: RoPE positions; default restarts at each segment (and
         continues from the cache's filled slots when decoding).
       segment_ids_BL: 0 marks padding (left padding for prompts), equal
-        non-zero ids mark one sequence (several for packed rows). Default: 1.
+        non-zero ids mark one sequence (several for packed rows). Default: 1
+        (then the attention backends run their pure causal kernel).
       cache: a KV cache; the L tokens are written at its ``end_index``.
+      cache_is_empty: the caller promises the cache holds nothing yet
+        (prefill): attention then runs over the L tokens with the configured
+        backend instead of against every cache slot.
     """
     cfg = self.cfg
     dt = config_lib.parse_dtype(cfg.dtype)
+    given_segments = segment_ids_BL is not None
     if segment_ids_BL is None:
       segment_ids_BL = jnp.ones(tokens_BL.shape, jnp.int32)
     segment_ids_BL = segment_ids_BL.astype(jnp.int32)
     if positions_BL is None:
       positions_BL = default_positions(segment_ids_BL)
-      if cache is not None:
+      if cache is not None and not cache_is_empty:
         filled_B = jnp.sum(cache.segment_ids_BS != 0, axis=1, dtype=jnp.int32)
         run_BL = jnp.cumsum(segment_ids_BL != 0, axis=1, dtype=jnp.int32) - 1
         positions_BL = jnp.maximum(filled_B[:, None] + run_BL, 0)
 
-    if cache is None:
-      mask_BLS = kv_cache.attention_mask(segment_ids_BL, segment_ids_BL)
-      end_index = None
-    else:
+    end_index, mask_BLS = None, None
+    if cache is not None:
       end_index = cache.end_index
       cache = kv_cache.write_segments(cache, segment_ids_BL)
-      mask_BLS = kv_cache.attention_mask(
-          segment_ids_BL, cache.segment_ids_BS, end_index
-      )
+      if not cache_is_empty:
+        mask_BLS = kv_cache.attention_mask(
+            segment_ids_BL, cache.segment_ids_BS, end_index
+        )
+    ctx = _Context(
+        segment_ids_BL=segment_ids_BL if given_segments else None,
+        mask_BLS=mask_BLS,
+        end_index=end_index,
+    )
 
     x = jnp.take(self.embed_VD.get_value(), tokens_BL, axis=0).astype(dt)
     x = sharding.shard(x, "batch", "length", "act_embed")
 
     block_fn = _block_apply
     if cfg.remat != "none":
-      policy = (
-          jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
-          if cfg.remat == "dots"
-          else None
-      )
-      block_fn = nnx.remat(_block_apply, policy=policy)
-    new_layers = []
-    for i, block in enumerate(self.blocks):
-      layer_cache = None if cache is None else cache.layers[i]
-      x, layer_cache = block_fn(
-          block, x, positions_BL, mask_BLS, layer_cache, end_index
-      )
-      new_layers.append(layer_cache)
+      block_fn = nnx.remat(_block_apply, policy=_REMAT_POLICIES[cfg.remat])
+    if cfg.scan_layers:
+      x, layers = self._scan_blocks(block_fn, x, positions_BL, ctx, cache)
+    else:
+      layers = []
+      for i, block in enumerate(self.blocks):
+        layer_cache = None if cache is None else cache.layers[i]
+        x, layer_cache = block_fn(block, x, positions_BL, ctx, layer_cache)
+        layers.append(layer_cache)
+      layers = tuple(layers)
     x = self.final_norm(x)
     if cache is not None:
       cache = cache.replace(
-          layers=tuple(new_layers), end_index=end_index + tokens_BL.shape[1]
+          layers=layers, end_index=end_index + tokens_BL.shape[1]
       )
     return x, cache
+
+  def _scan_blocks(self, block_fn, x, positions_BL, ctx, cache):
+    """The stacked blocks under ``jax.lax.scan``.
+
+    The stacked cache rides in the carry and each layer writes its new
+    tokens in place at its own index (no per-step copy of the cache).
+    """
+    graphdef, params = nnx.split(self.blocks)
+
+    def body(carry, params_i):
+      x, i, layer_cache = carry
+      block = nnx.merge(graphdef, params_i)
+      x, layer_cache = block_fn(
+          block, x, positions_BL, ctx.replace(layer_index=i), layer_cache
+      )
+      return (x, i + 1, layer_cache), None
+
+    layer_cache = None if cache is None else cache.layers[0]
+    (x, _, layer_cache), _ = jax.lax.scan(
+        body, (x, jnp.int32(0), layer_cache), params
+    )
+    return x, (None if cache is None else (layer_cache,))
 
   def unembedding_DV(self) -> jax.Array:
     """The [D, V] output projection (the embedding transposed when tied)."""
@@ -317,10 +432,14 @@ class Transformer(nnx.Module):
       # Contract against [V, D] directly: a transposed copy of the table
       # would otherwise be materialised (every decode step on XLA:CPU).
       w_VD = self.embed_VD.get_value().astype(dt)
-      logits = jnp.einsum("BLD,VD->BLV", hidden_BLD, w_VD)
+      logits = jnp.einsum(
+          "BLD,VD->BLV", hidden_BLD, w_VD, precision=self.cfg.precision
+      )
     else:
       w_DV = self.lm_head_DV.get_value().astype(dt)
-      logits = jnp.einsum("BLD,DV->BLV", hidden_BLD, w_DV)
+      logits = jnp.einsum(
+          "BLD,DV->BLV", hidden_BLD, w_DV, precision=self.cfg.precision
+      )
     return sharding.shard(logits, "batch", "length", "act_vocab")
 
   def __call__(

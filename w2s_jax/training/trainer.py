@@ -71,7 +71,15 @@ def build_model(
   if mcfg.get("hf_path"):
     # Only run-time fields apply to a checkpoint; its architecture is fixed.
     runtime = {
-        k: overrides[k] for k in ("remat", "max_len") if overrides.get(k)
+        k: overrides[k]
+        for k in (
+            "remat",
+            "max_len",
+            "attention",
+            "matmul_precision",
+            "scan_layers",
+        )
+        if overrides.get(k)
     }
     return hf_io.load_pretrained(
         mcfg.hf_path, dtype=mcfg.get("dtype") or None, mesh=mesh, **runtime
