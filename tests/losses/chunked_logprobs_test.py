@@ -29,7 +29,9 @@ def _np_stats(h, w, y, tau, width):
   return tok, ent
 
 
-@pytest.mark.parametrize("chunk", [4, 96])  # many padded chunks / one chunk
+@pytest.mark.parametrize(
+    "chunk", [4, 96, None]
+)  # many padded chunks / one chunk / auto (losses.chunked.auto_chunk_size)
 def test_values_match_float64(chunk):
   h, w, y = _inputs()
   lp, ent = chunked_logprobs.chunked_token_logprobs(

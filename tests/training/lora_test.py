@@ -90,3 +90,29 @@ def test_bad_lora_arguments(kw, msg):
   args.update(kw)
   with pytest.raises(ValueError, match=msg):
     lora.init_lora(state, **args)
+
+
+def test_stacked_layers_get_one_update_per_layer():
+  """scan_layers: adapters carry the 'layers' axis; the adapted scanned model
+  equals the adapted unrolled model with the same per-layer adapters."""
+  cfg = models.get_config("tiny-qwen2")
+  g0, s0 = nnx.split(models.init_model(cfg, seed=0))
+  g1, s1 = nnx.split(models.init_model(cfg.replace(scan_layers=True), seed=0))
+  targets = ("q_DNH", "o_NHD", "down_FD")
+  per_layer = lora.init_lora(s0, rank=3, rng=jax.random.key(2), targets=targets)
+  stacked = lora.init_lora(s1, rank=3, rng=jax.random.key(2), targets=targets)
+  rs = np.random.RandomState(0)
+  for name, ad in stacked.items():
+    sub = name.removeprefix("blocks/")
+    for part in ("a", "b"):  # random b: a non-zero update in every layer
+      value = rs.randn(*ad[part].shape).astype(np.float32)
+      ad[part] = jnp.asarray(value)
+      for i in range(cfg.num_layers):
+        per_layer[f"blocks/{i}/{sub}"][part] = jnp.asarray(value[i])
+  assert len(per_layer) == cfg.num_layers * len(stacked)
+  tokens = jnp.arange(12).reshape(2, 6)
+  want = nnx.merge(g0, lora.merge(s0, per_layer, alpha=6.0, rank=3))(tokens)
+  got = nnx.merge(g1, lora.merge(s1, stacked, alpha=6.0, rank=3))(tokens)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  base = nnx.merge(g0, s0)(tokens)
+  assert float(jnp.max(jnp.abs(want - base))) > 1e-2  # the update is seen

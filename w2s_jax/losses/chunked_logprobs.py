@@ -41,6 +41,7 @@ from w2s_jax.losses.chunked import (
     _accumulate_dw,
     _block_layout,
     _to_chunks,
+    auto_chunk_size,
 )
 
 # Contractions of h [C, D] with W in either layout: [D, V] (an lm head) or
@@ -152,7 +153,7 @@ def chunked_token_logprobs(
     vocab_size: int | None = None,
     entropy: bool = False,
     w_layout: str = "DV",
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     dw_blocks: int = DEFAULT_DW_BLOCKS,
 ) -> tuple[jax.Array, jax.Array | None]:
   """log softmax(h·W/τ)[target] (and the entropy) per token, vocab-chunked.
@@ -171,7 +172,8 @@ def chunked_token_logprobs(
     vocab_size: slice padded logit widths to the tokenizer vocabulary.
     entropy: also return the per-token entropy of softmax(z/τ).
     w_layout: 'DV' or 'VD', the layout of ``w_DV``.
-    chunk_size: most tokens per scan step (memory ∝ chunk_size·V).
+    chunk_size: most tokens per scan step (memory ∝ chunk_size·V); None:
+      `chunked.auto_chunk_size` of N, V and D.
     dw_blocks: vocab blocks of the in-place dW accumulation (see
       `losses.chunked`).
 
@@ -179,7 +181,9 @@ def chunked_token_logprobs(
     (lp [...] f32, H [...] f32 or None).
   """
   tau = aggregation.check_temperature(temperature)
-  if not isinstance(chunk_size, int) or chunk_size < 1:
+  if chunk_size is not None and (
+      not isinstance(chunk_size, int) or chunk_size < 1
+  ):
     raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}.")
   lead = tuple(jnp.shape(h_ND)[:-1])
   if tuple(jnp.shape(targets_N)) != lead:
@@ -203,6 +207,8 @@ def chunked_token_logprobs(
   y = jnp.asarray(targets_N, jnp.int32).reshape(-1)
   n_tok = h.shape[0]
   n = max(n_tok, 1)
+  if chunk_size is None:
+    chunk_size = auto_chunk_size(n, v, h_ND.shape[-1])
   n_chunks = math.ceil(n / chunk_size)
   chunk = math.ceil(n / n_chunks)
   pad = n_chunks * chunk - n_tok

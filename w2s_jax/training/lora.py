@@ -31,6 +31,29 @@ TARGETS = {
     "down_FD": 1,
 }
 DEFAULT_TARGETS = tuple(TARGETS)
+# Kernel name -> rank of one layer's kernel. Under ``scan_layers`` kernels
+# carry one more, leading 'layers' axis (L); their adapters carry it too
+# ([L, *in_dims, r] and [L, r, *out_dims]): one low-rank update per layer.
+_NDIM = {
+    "q_DNH": 3,
+    "k_DKH": 3,
+    "v_DKH": 3,
+    "o_NHD": 3,
+    "gate_DF": 2,
+    "up_DF": 2,
+    "down_FD": 2,
+}
+
+
+def _layer_axes(name: str, ndim: int) -> int:
+  """0 for a per-layer kernel, 1 for a stacked one (``scan_layers``)."""
+  lead = ndim - _NDIM[name]
+  if lead not in (0, 1):
+    raise ValueError(
+        f"LoRA kernel {name} has {ndim} dims; expected {_NDIM[name]} (one"
+        " layer) or one more (stacked layers)."
+    )
+  return lead
 
 
 def _flat_params(state: Any) -> dict[tuple[Any, ...], Any]:
@@ -65,13 +88,16 @@ def init_lora(
     if name not in targets:
       continue
     shape = var.get_value().shape
+    lead = _layer_axes(name, len(shape))
     n_in = TARGETS[name]
-    in_dims, out_dims = shape[:n_in], shape[n_in:]
+    layers = shape[:lead]
+    in_dims, out_dims = shape[lead : lead + n_in], shape[lead + n_in :]
     fan_in = 1
     for d in in_dims:
       fan_in *= d
-    a = jax.random.normal(key, (*in_dims, rank), dtype) / jnp.sqrt(fan_in)
-    b = jnp.zeros((rank, *out_dims), dtype)
+    a = jax.random.normal(key, (*layers, *in_dims, rank), dtype)
+    a = a / jnp.sqrt(fan_in)
+    b = jnp.zeros((*layers, rank, *out_dims), dtype)
     adapters["/".join(map(str, path))] = {"a": a, "b": b}
   if not adapters:
     raise ValueError(f"no parameter matched the LoRA targets {targets}.")
@@ -95,7 +121,14 @@ def merge(state: Any, adapters: dict[str, Any], alpha: float, rank: int) -> Any:
     name = "/".join(map(str, path))
     if name in adapters:
       w = var.get_value()
-      w = (w.astype(jnp.float32) + delta(adapters[name], scale)).astype(w.dtype)
+      ad = adapters[name]
+      if _layer_axes(path[-1], w.ndim):  # stacked: one update per layer
+        d = jax.vmap(lambda a, b: delta({"a": a, "b": b}, scale))(
+            ad["a"], ad["b"]
+        )
+      else:
+        d = delta(ad, scale)
+      w = (w.astype(jnp.float32) + d).astype(w.dtype)
       var = var.replace(w)
     out.append((path, var))
   return nnx.from_flat_state(out)
