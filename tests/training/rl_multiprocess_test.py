@@ -80,10 +80,26 @@ def _metrics(workdir) -> list[dict]:
     return [json.loads(ln) for ln in f if ln.strip()]
 
 
-@pytest.fixture(scope="module", params=["full", "lora"])
+# Each case: extra arguments, and a metric that must be logged.
+CASES = {
+    "full": ([], "grpo/kl"),
+    "lora": (["--config.lora.rank=4"], "grpo/kl"),
+    # KDRL: the fused teacher scores every process's rollouts.
+    "kdrl": (
+        [
+            "--config=configs/kdrl.py:runlocal",
+            "--config.teacher.overrides.d_model=32",
+            "--config.teacher.overrides.num_layers=1",
+        ],
+        "kdrl/kd",
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
 def runs(request, tmp_path_factory):
-  """(multi, single) workdirs of the full-model and the LoRA (rank 4) job."""
-  extra = ["--config.lora.rank=4"] if request.param == "lora" else []
+  """(multi, single, metric) of the full-model, LoRA (rank 4) and KDRL jobs."""
+  extra, metric = CASES[request.param]
   tmp = tmp_path_factory.mktemp("rlmp")
   multi, single, logs = tmp / "multi", tmp / "single", tmp / "logs"
   logs.mkdir()
@@ -94,6 +110,8 @@ def runs(request, tmp_path_factory):
       "--config.rl.reward=fn",
       "--config.rl.reward_fn=rl_mp_reward:sevens",
   ]
+  if extra[:1] and extra[0].startswith("--config="):  # another config file
+    args = [extra[0], *(a for a in args if a not in (ARGS[0], extra[0]))]
   path = f"{ROOT}:{tmp}"
   p_multi = _launch([*args, f"--workdir={multi}"], logs, PYTHONPATH=path)
   p_single = subprocess.Popen(
@@ -112,12 +130,12 @@ def runs(request, tmp_path_factory):
   proc1 = proc1.read_text() if proc1.exists() else ""
   assert p_single.returncode == 0, err_s[-3000:]
   assert p_multi.returncode == 0, err_m[-3000:] + "\nproc1:\n" + proc1[-3000:]
-  return multi, single
+  return multi, single, metric
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(runs):
-  multi, single = runs
+  multi, single, metric = runs
   rows_m, rows_s = _metrics(multi), _metrics(single)
   # One row per step: process 1 wrote nothing.
   assert [r["step"] for r in rows_m] == [r["step"] for r in rows_s]
@@ -127,7 +145,7 @@ def test_two_processes_match_one_process(runs):
     assert keys <= set(rm)
     for k in keys:
       np.testing.assert_allclose(rm[k], rs[k], rtol=1e-5, atol=1e-7, err_msg=k)
-  assert "rollout/reward_mean" in rows_s[-1] and "grpo/kl" in rows_s[-1]
+  assert "rollout/reward_mean" in rows_s[-1] and metric in rows_s[-1]
   assert all(r["rollout/adv_abs_mean"] > 0 for r in rows_s)
   assert rows_s[-1]["train/loss"] != rows_s[0]["train/loss"]
   t_m, t_s = testing.load_export(multi), testing.load_export(single)

@@ -59,6 +59,16 @@ def _main(workdir, config, *extra, check=True):
   return proc
 
 
+def _error_line(stderr: str) -> str:
+  """The one-line error of a failed run: no traceback, exactly one ``error:``
+  line, and it is the last line (a library may log a warning before it)."""
+  lines = stderr.strip().splitlines()
+  errors = [ln for ln in lines if ln.startswith("error: ")]
+  assert "Traceback" not in stderr and len(errors) == 1, stderr[-3000:]
+  assert lines[-1] == errors[0], stderr[-3000:]
+  return errors[0]
+
+
 def _cfg(spec, **over):
   cfg = config_lib.load(os.path.join(ROOT, spec))
   cfg.student.overrides.d_model = 32
@@ -122,7 +132,7 @@ def test_resume_after_sigkill_is_exact_and_finished_workdirs_are_kept(
       check=False,
   )  # fmt: skip
   assert proc.returncode == 2, proc.stderr[-2000:]
-  (line,) = proc.stderr.strip().splitlines()
+  line = _error_line(proc.stderr)
   assert "optim.lr: 0.001 -> 0.5" in line and "new --workdir" in line
   assert _hashes(killed) == before
 
@@ -324,7 +334,7 @@ def test_cli_teacher_tokenizer_mismatch(tmp_path):
       check=False,
   )
   assert proc.returncode == 2
-  (line,) = proc.stderr.strip().splitlines()
+  line = _error_line(proc.stderr)
   assert f"teacher.tokenizer={other}" in line, line
   assert "does not match data.tokenizer=char" in line, line
 
@@ -350,7 +360,7 @@ def test_cli_corrupt_checkpoint_and_tokenizer_files_are_one_line(tmp_path):
         str(tmp_path / "w"), "configs/distill.py:runlocal", extra, check=False
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    (line,) = proc.stderr.strip().splitlines()
+    line = _error_line(proc.stderr)
     assert line.startswith("error: ") and path in line, line
 
 

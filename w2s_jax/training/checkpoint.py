@@ -60,6 +60,15 @@ class Checkpointer:
     self._mngr = ocp.CheckpointManager(
         directory, options=options, item_names=("state", "meta")
     )
+    # Orbax removes the temporary directories of interrupted saves in a
+    # background thread. Wait for it: a run that fails right after start-up
+    # (a bad tokenizer, say) would otherwise exit under that thread, which
+    # then prints a traceback after the one-line error.
+    await_cleanup = getattr(
+        self._mngr, "_maybe_await_cleanup_tmp_directory", None
+    )
+    if await_cleanup is not None:
+      await_cleanup()
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
