@@ -93,32 +93,35 @@ def _block_layout(v: int, dw_blocks: int) -> tuple[int, int, int]:
   return p, q, v // (p * q)
 
 
-def _accumulate_dw(dw_DV, h_CD, g_CV, dw_blocks):
+def _accumulate_dw(dw, h_CD, g_CV, dw_blocks, layout="DV"):
   """dW += h_Cᵀ·g in Q vocab blocks, updated in place.
 
-  XLA:CPU does not fuse the accumulation into the matmul, so one update would
-  allocate a whole [D, V] temporary (the size of W_s); blocks bound it by
-  [D, V/Q]. dw_blocks=1 is the single fused update of accelerator backends.
+  ``dw`` is [D, V] (``layout='DV'``, an lm head) or [V, D] (``'VD'``, a tied
+  embedding table kept as stored). XLA:CPU does not fuse the accumulation
+  into the matmul, so one update would allocate a whole [D, V] temporary (the
+  size of W_s); blocks bound it by [D, V/Q]. dw_blocks=1 is the single fused
+  update of accelerator backends.
   """
-  d, v = dw_DV.shape
+  vd = layout == "VD"
+  v, d = dw.shape if vd else dw.shape[::-1]
   if dw_blocks <= 1:
-    return dw_DV + jnp.einsum(
-        "cd,cv->dv", h_CD, g_CV, preferred_element_type=jnp.float32
-    )
+    eq = "cv,cd->vd" if vd else "cv,cd->dv"
+    return dw + jnp.einsum(eq, g_CV, h_CD, preferred_element_type=jnp.float32)
   p, q, r = _block_layout(v, dw_blocks)
   g_CPQR = g_CV.reshape(g_CV.shape[0], p, q, r)
+  axis = 1 if vd else 2  # the block axis Q of dw as [P, Q, R, D] / [D, P, Q, R]
+  eq = "cpr,cd->prd" if vd else "cpr,cd->dpr"
 
-  def update(j, dw_DPQR):
+  def update(j, dw_blocked):
     g_blk = jax.lax.dynamic_index_in_dim(g_CPQR, j, axis=2, keepdims=False)
-    upd = jnp.einsum(
-        "cd,cpr->dpr", h_CD, g_blk, preferred_element_type=jnp.float32
+    upd = jnp.einsum(eq, g_blk, h_CD, preferred_element_type=jnp.float32)
+    cur = jax.lax.dynamic_index_in_dim(dw_blocked, j, axis=axis, keepdims=False)
+    return jax.lax.dynamic_update_index_in_dim(
+        dw_blocked, cur + upd, j, axis=axis
     )
-    cur = jax.lax.dynamic_index_in_dim(dw_DPQR, j, axis=2, keepdims=False)
-    return jax.lax.dynamic_update_index_in_dim(dw_DPQR, cur + upd, j, axis=2)
 
-  return jax.lax.fori_loop(0, q, update, dw_DV.reshape(d, p, q, r)).reshape(
-      d, v
-  )
+  blocked = dw.reshape((p, q, r, d) if vd else (d, p, q, r))
+  return jax.lax.fori_loop(0, q, update, blocked).reshape(dw.shape)
 
 
 def _scan(token_fn, width, h, w, chunks, shared, weights, mask, grads, blocks):

@@ -39,7 +39,6 @@ from w2s_jax.losses.chunked import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_DW_BLOCKS,
     _accumulate_dw,
-    _block_layout,
     _to_chunks,
     auto_chunk_size,
 )
@@ -48,29 +47,6 @@ from w2s_jax.losses.chunked import (
 # [V, D] (a tied embedding table, used as it is: no transposed copy of it).
 _LOGITS = {"DV": "cd,dv->cv", "VD": "cd,vd->cv"}
 _DH = {"DV": "cv,dv->cd", "VD": "cv,vd->cd"}
-
-
-def _accumulate_dw_vd(dw_VD, h_CD, g_CV, dw_blocks):
-  """dW_VD += g_Cᵀ·h_C in vocab blocks, in place (see `_accumulate_dw`)."""
-  v, d = dw_VD.shape
-  if dw_blocks <= 1:
-    return dw_VD + jnp.einsum(
-        "cv,cd->vd", g_CV, h_CD, preferred_element_type=jnp.float32
-    )
-  p, q, r = _block_layout(v, dw_blocks)
-  g_CPQR = g_CV.reshape(g_CV.shape[0], p, q, r)
-
-  def update(j, dw_PQRD):
-    g_blk = jax.lax.dynamic_index_in_dim(g_CPQR, j, axis=2, keepdims=False)
-    upd = jnp.einsum(
-        "cpr,cd->prd", g_blk, h_CD, preferred_element_type=jnp.float32
-    )
-    cur = jax.lax.dynamic_index_in_dim(dw_PQRD, j, axis=1, keepdims=False)
-    return jax.lax.dynamic_update_index_in_dim(dw_PQRD, cur + upd, j, axis=1)
-
-  return jax.lax.fori_loop(0, q, update, dw_VD.reshape(p, q, r, d)).reshape(
-      v, d
-  )
 
 
 def _from_chunks(x_nC: jax.Array, n_tokens: int) -> jax.Array:
@@ -130,8 +106,7 @@ def _make(width: int, tau: float, entropy: bool, dw_blocks: int, layout: str):
           w_DV,
           preferred_element_type=jnp.float32,
       ).astype(h_C.dtype)
-      acc = _accumulate_dw if layout == "DV" else _accumulate_dw_vd
-      dw = acc(dw, h_C, g_CV.astype(h_C.dtype), dw_blocks)
+      dw = _accumulate_dw(dw, h_C, g_CV.astype(h_C.dtype), dw_blocks, layout)
       return dw, dh_C
 
     cts = tuple(jnp.asarray(c, jnp.float32) for c in cts)
