@@ -31,26 +31,18 @@ TARGETS = {
     "down_FD": 1,
 }
 DEFAULT_TARGETS = tuple(TARGETS)
-# Kernel name -> rank of one layer's kernel. Under ``scan_layers`` kernels
-# carry one more, leading 'layers' axis (L); their adapters carry it too
-# ([L, *in_dims, r] and [L, r, *out_dims]): one low-rank update per layer.
-_NDIM = {
-    "q_DNH": 3,
-    "k_DKH": 3,
-    "v_DKH": 3,
-    "o_NHD": 3,
-    "gate_DF": 2,
-    "up_DF": 2,
-    "down_FD": 2,
-}
+# Under ``scan_layers`` kernels carry one more, leading 'layers' axis (L); their
+# adapters carry it too ([L, *in_dims, r] and [L, r, *out_dims]): one low-rank
+# update per layer. One layer's rank is in the name (q_DNH: 3 dims).
 
 
 def _layer_axes(name: str, ndim: int) -> int:
   """0 for a per-layer kernel, 1 for a stacked one (``scan_layers``)."""
-  lead = ndim - _NDIM[name]
+  per_layer = len(name.rsplit("_", 1)[-1])
+  lead = ndim - per_layer
   if lead not in (0, 1):
     raise ValueError(
-        f"LoRA kernel {name} has {ndim} dims; expected {_NDIM[name]} (one"
+        f"LoRA kernel {name} has {ndim} dims; expected {per_layer} (one"
         " layer) or one more (stacked layers)."
     )
   return lead

@@ -97,7 +97,7 @@ def token_stats(
         temperature=tau,
         vocab_size=_vocab(cfg),
         entropy=entropy,
-        chunk_size=int(cfg.get("chunk_size") or 0) or None,  # 0: auto
+        chunk_size=steps.config_chunk_size(cfg),
     )
   logits_BLV = model(batch["tokens"], batch["positions"], batch["segment_ids"])
   logits_BLV = logits_BLV[:, :-1]

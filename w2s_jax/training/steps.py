@@ -98,7 +98,7 @@ def _pair_norm(batch: Batch, cfg: Any) -> dict[str, jax.Array]:
   return {"pairs": jnp.sum(valid, dtype=jnp.float32)}
 
 
-def _chunk_size(cfg) -> int | None:
+def config_chunk_size(cfg) -> int | None:
   """loss.chunk_size; 0 / unset = chosen from V and D (losses.chunked)."""
   return int(cfg.get("chunk_size") or 0) or None
 
@@ -115,7 +115,7 @@ def sft_loss(student, frozen, mb, norms, cfg):
       mask,
       normalizer=norms["tokens"],
       vocab_size=cfg.get("vocab_size") or None,
-      chunk_size=_chunk_size(cfg),
+      chunk_size=config_chunk_size(cfg),
   )
 
 
@@ -158,7 +158,7 @@ def _topk_kd(h_s, w_s, ids, lps, mask, norms, cfg, prefix="distill"):
         ids,
         lps,
         mask,
-        chunk_size=_chunk_size(cfg),
+        chunk_size=config_chunk_size(cfg),
         **kw,
     )
   return losses.topk_divergence(
@@ -199,7 +199,7 @@ def distill_loss(student, frozen, mb, norms, cfg):
         h_t,
         w_t,
         mask,
-        chunk_size=_chunk_size(cfg),
+        chunk_size=config_chunk_size(cfg),
         **kw,
     )
   zs = h_s @ student.unembedding_DV().astype(h_s.dtype)
@@ -255,7 +255,7 @@ def ssb_loss(student, frozen, mb, norms, cfg):
         mask,
         normalizer=norms["tokens"],
         vocab_size=cfg.get("vocab_size") or None,
-        chunk_size=_chunk_size(cfg),
+        chunk_size=config_chunk_size(cfg),
         prefix="ssb_ce",
     )
     loss = loss + lam_ce * ce
