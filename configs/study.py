@@ -10,7 +10,7 @@ r"""The one-command weak-to-strong study on the synthetic task (CPU).
   python -m w2s_jax.main --config=configs/study.py:tiny --workdir=/tmp/t
 
 Every stage is cached under <workdir>/seed<s>/<stage>; a rerun resumes.
-Design and results: docs/study.md; the stages: w2s_jax/study.py.
+Design and results: docs/study.md; the stages: w2s_jax/study/runner.py.
 """
 
 import ml_collections
@@ -81,7 +81,7 @@ def get_config(arg=None):
   c.world = ml_collections.ConfigDict(
       dict(weak_fact_error_rate=0.35, weak_slip_prob=0.1)
   )
-  # (d_model, layers) per role; see w2s_jax/study.py for what each is for.
+  # (d_model, layers) per role; see w2s_jax/study/runner.py for what each is for.
   c.models = ml_collections.ConfigDict(
       dict(
           weak=dict(d_model=64, num_layers=2),

@@ -6,7 +6,7 @@ A thin wrapper kept for old commands; it is the same as
 
   python -m w2s_jax.main --config=configs/study.py[:ARG] --workdir=demo_out
 
-See ``w2s_jax/study.py`` for the stages and docs/study.md for the results.
+See ``w2s_jax/study/runner.py`` for the stages and docs/study.md for the results.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ _ARG = flags.DEFINE_string(
 
 def _main(argv):
   del argv
-  from w2s_jax import study, study_stages  # noqa: PLC0415
+  from w2s_jax import study  # noqa: PLC0415
+  from w2s_jax.study import stages  # noqa: PLC0415
 
   absl_logging.set_verbosity(absl_logging.WARNING)
-  spec = os.path.join(study_stages.configs_dir(), "study.py")
+  spec = os.path.join(stages.configs_dir(), "study.py")
   config = config_lib.load(spec + (f":{_ARG.value}" if _ARG.value else ""))
   config_lib.prepare_workdir(_WORKDIR.value)
   study.run(config, _WORKDIR.value)

@@ -52,23 +52,10 @@ USER_ERRORS = (
 
 
 def run_job(config, workdir: str):
-  """Dispatches ``config.job``; returns the job's result."""
-  job = str(config.get("job", "train"))
-  if job == "train":
-    from w2s_jax.training import trainer  # noqa: PLC0415
-
-    return trainer.train_and_evaluate(config, workdir)
-  if job == "rl":  # methods that sample the student during training
-    from w2s_jax.training import rl_trainer  # noqa: PLC0415
-
-    return rl_trainer.train_and_evaluate(config, workdir)
-  if job == "study":
-    from w2s_jax import study  # noqa: PLC0415
-
-    return study.run(config, workdir)
+  """Dispatches ``config.job`` through the job registry (``w2s_jax.jobs``)."""
   from w2s_jax import jobs  # noqa: PLC0415
 
-  return jobs.run(job, config, workdir)
+  return jobs.run(str(config.get("job", "train")), config, workdir)
 
 
 def _main(argv):

@@ -143,7 +143,11 @@ def memory(args) -> dict:
 
   from w2s_jax.models import config as model_config  # noqa: PLC0415
   from w2s_jax.models import transformer  # noqa: PLC0415
-  from w2s_jax.training import rl_steps, rl_trainer, steps  # noqa: PLC0415
+  from w2s_jax.rl import (
+      learner,  # noqa: PLC0415
+      scoring,  # noqa: PLC0415
+  )
+  from w2s_jax.training import steps  # noqa: PLC0415
 
   def abstract(preset, **kw):
     cfg = model_config.get_config(preset, num_layers=args.layers, **kw)
@@ -169,7 +173,7 @@ def memory(args) -> dict:
   out = {}
   for chunked in (False, True):
     cfg = dict(chunked=chunked, chunk_size=96, group_size=8, max_len=length)
-    score = jax.jit(rl_steps.make_score_fn(s_def, {"teacher": t_def}, cfg))
+    score = jax.jit(scoring.make_score_fn(s_def, {"teacher": t_def}, cfg))
     mem = {
         "score": (
             score.lower(s_state, {"teacher": t_state}, batch)
@@ -180,7 +184,7 @@ def memory(args) -> dict:
     for method in ("grpo", "kdrl"):
       tx = optax.adam(1e-6)
       spec = steps.StepSpec(
-          method=rl_steps.get_method(method),
+          method=scoring.get_method(method),
           student_graphdef=s_def,
           frozen_graphdefs={},
           tx=tx,
@@ -192,7 +196,7 @@ def memory(args) -> dict:
           "step": i32(),
       }
       fn = jax.jit(
-          rl_trainer._flat_step(steps.make_train_step(spec), 1),  # noqa: SLF001
+          learner._flat_step(steps.make_train_step(spec), 1),  # noqa: SLF001
           donate_argnums=(0,),
       )
       mem[f"update_{method}"] = (

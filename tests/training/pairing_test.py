@@ -5,9 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from w2s_jax import config_lib, jobs
+from w2s_jax import config_lib
 from w2s_jax.data import char_vocab
 from w2s_jax.data import tokenizers as tokenizers_lib
+from w2s_jax.jobs import sampling
 from w2s_jax.training import pairing, trainer
 
 ROOT = os.path.dirname(
@@ -89,7 +90,7 @@ def test_sample_job_checks_teacher_tokenizer_before_building(tmp_path):
   cfg.data.tokenizer = "char"
   # The tokenizer check fails before the (missing) teacher is loaded.
   with pytest.raises(ValueError, match=r"^teacher.tokenizer=.*does not match"):
-    jobs.run_sample(cfg, str(tmp_path / "w"), rsd=False)
+    sampling.run_sample(cfg, str(tmp_path / "w"), rsd=False)
 
 
 @pytest.mark.slow  # ~45 s of CPU: two distillation runs

@@ -22,7 +22,8 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from w2s_jax import models, sharding
-from w2s_jax.training import optim, rl_steps, steps
+from w2s_jax.rl import scoring
+from w2s_jax.training import optim, steps
 
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 2, 4), (2, 2, 2)]
 V, L, B, M, G = 64, 12, 16, 2, 4  # B rows in M micro-batches; G per group
@@ -110,7 +111,7 @@ def _rl_batch(rng, student, teacher, loss_cfg):
   b = _rows(rng)
   s_def, s_state = nnx.split(student)
   t_def, t_state = nnx.split(teacher)
-  score = jax.jit(rl_steps.make_score_fn(s_def, {"teacher": t_def}, loss_cfg))
+  score = jax.jit(scoring.make_score_fn(s_def, {"teacher": t_def}, loss_cfg))
   sc, _ = score(s_state, {"teacher": t_state}, jax.tree.map(jnp.asarray, b))
   # A stale policy (π_old != π) so that both clip branches are exercised.
   noise = rng.normal(scale=0.3, size=(B, L - 1)).astype(np.float32)
@@ -152,10 +153,8 @@ def _setup(student, teacher, method):
   )
   cfg = LOSS_CFG[method]
   rng = np.random.default_rng(sorted(LOSS_CFG).index(method))
-  if method in rl_steps.RL_METHODS:
-    m, batch = rl_steps.RL_METHODS[method], _rl_batch(
-        rng, student, teacher, cfg
-    )
+  if method in scoring.RL_METHODS:
+    m, batch = scoring.RL_METHODS[method], _rl_batch(rng, student, teacher, cfg)
   else:
     m, batch = steps.METHODS[method], _rows(rng)
   frozen_defs = {"teacher": t_def} if "teacher" in m.frozen else {}

@@ -16,7 +16,7 @@ teacher by showing it hints. Per problem:
    teacher row i and student row i both predict reply token i.
 
 The student never sees the hints: only the teacher's soft distribution over
-the reply carries them. Pure Python / numpy; ``jobs.run_ssb_data`` drives
+the reply carries them. Pure Python / numpy; ``jobs.ssb_data.run_ssb_data`` drives
 the models.
 
 Shape legend: L length, K cached top-k entries.

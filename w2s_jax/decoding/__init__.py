@@ -1,4 +1,7 @@
-"""Decoding: jitted KV-cache sampler, reverse speculative decoding, traces."""
+"""Decoding: the jitted KV-cache sampler and reverse speculative decoding.
+
+The trace-sampling job built on it is ``w2s_jax.jobs.sample_traces``.
+"""
 
 from w2s_jax.decoding.generation import (
     GenerateOutput,
@@ -26,14 +29,6 @@ from w2s_jax.decoding.sampling_params import (
     processed_logprobs,
     sample_logits,
 )
-from w2s_jax.decoding.traces import (
-    Trace,
-    TraceConfig,
-    filter_traces,
-    run_trace_job,
-    sample_traces,
-    write_traces,
-)
 
 __all__ = [
     "DecodeConfig",
@@ -47,8 +42,6 @@ __all__ = [
     "SamplerOutput",
     "SamplingParams",
     "SamplingState",
-    "Trace",
-    "TraceConfig",
     "generate",
     "make_rsd_sampler",
     "make_sampler",
@@ -56,10 +49,6 @@ __all__ = [
     "processed_logprobs",
     "rsd_choose",
     "rsd_generate",
-    "filter_traces",
-    "run_trace_job",
     "sample_logits",
-    "sample_traces",
     "shared_vocab_size",
-    "write_traces",
 ]

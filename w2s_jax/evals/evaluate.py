@@ -24,7 +24,7 @@ import tqdm
 
 from w2s_jax.data import formatting, synthetic
 from w2s_jax.decoding import generation
-from w2s_jax.evals import extract, metrics, rewards
+from w2s_jax.evals import accuracy, extract, rewards
 
 
 def _prompt_ids(tokenizer, question: str, fmt) -> list[int]:
@@ -156,11 +156,11 @@ def summarize(
     return {"num_problems": 0}
   correct_PN = np.array([r["correct"] for r in rows], dtype=bool)
   n = correct_PN.shape[1]
-  table = metrics.pass_at_k_table(correct_PN, ks)
+  table = accuracy.pass_at_k_table(correct_PN, ks)
   out: dict[str, float] = {"num_problems": float(len(rows)), "n": float(n)}
   out.update({k: float(v) for k, v in table.items() if k.startswith("pass@")})
   maj = [
-      metrics.maj_at_k(r["answers"], r["correct"], n)
+      accuracy.maj_at_k(r["answers"], r["correct"], n)
       if n > 1
       else float(r["correct"][0])
       for r in rows

@@ -14,11 +14,14 @@ import shutil
 import numpy as np
 import pytest
 
-from w2s_jax import config_lib, study, study_report
-from w2s_jax import study_stages as st
+from w2s_jax import config_lib, study
+from w2s_jax.study import report
+from w2s_jax.study import stages as st
 
 CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    os.path.dirname(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ),
     "configs",
     "study.py",
 )
@@ -43,7 +46,7 @@ def _rows(values_by_arm):
 def test_aggregate_mean_and_sample_std_match_numpy():
   rng = np.random.default_rng(0)
   vals = rng.uniform(size=(3, 2))
-  entries = study_report.aggregate(_rows({"x": [tuple(v) for v in vals]}))
+  entries = report.aggregate(_rows({"x": [tuple(v) for v in vals]}))
   (e,) = entries
   np.testing.assert_allclose(e["pass@1"]["mean"], vals[:, 0].mean())
   np.testing.assert_allclose(e["pass@1"]["std"], vals[:, 0].std(ddof=1))
@@ -55,7 +58,7 @@ def test_aggregate_keeps_first_seen_order_and_drops_nan():
   rows = _rows({"b": [(0.1, 0.2)], "a": [(0.3, 0.4)]})
   rows.append({"group": "a", "id": "b", "arm": "b", "seed": 1, "rgr": math.nan})
   rows.append({"group": "a", "id": "c", "arm": "c", "seed": 0, "note": "x"})
-  entries = study_report.aggregate(rows)
+  entries = report.aggregate(rows)
   assert [e["id"] for e in entries] == ["b", "a", "c"]
   assert entries[0]["pass@1"] == {"mean": 0.1, "std": 0.0, "n": 1}
   assert "rgr" not in entries[0]
@@ -67,7 +70,7 @@ def test_table_cells():
   rows.append(
       {"group": "d", "id": "g", "arm": "GRPO", "seed": 0, "note": "not run"}
   )
-  md = study_report.table(study_report.aggregate(rows))
+  md = report.table(report.aggregate(rows))
   lines = md.splitlines()
   assert lines[0].startswith("| group | model | answer acc (any notation)")
   assert "| (a) W2SR | one | 0.500 | – | – | – | 0.250 |" in lines[2]
@@ -82,7 +85,7 @@ def test_attach_rgr_needs_a_grpo_gain():
   grpo = {"group": "a", "id": "grpo", "pass@1": 1.0}
   w2sr = {"group": "a", "id": "w2sr", "pass@1": 0.6}
   other = {"group": "c", "id": "redi", "pass@1": 0.7}
-  study_report.attach_rgr(
+  report.attach_rgr(
       [base, w2sr, grpo, other], base, grpo, outcomes, min_gain=0.05
   )
   assert grpo["grpo_gain"] == pytest.approx(0.5)
@@ -92,7 +95,7 @@ def test_attach_rgr_needs_a_grpo_gain():
   flat = {"group": "a", "id": "grpo", "pass@1": 0.51}
   outcomes["grpo"] = [0.0] * 49 + [1.0] * 51
   row = {"group": "a", "id": "w2sr", "pass@1": 0.6}
-  study_report.attach_rgr([row], base, flat, outcomes, min_gain=0.05)
+  report.attach_rgr([row], base, flat, outcomes, min_gain=0.05)
   assert "rgr" not in row and "RGR undefined" in row["note"]
 
 
@@ -105,12 +108,12 @@ def test_claims_use_paired_problems_and_the_written_direction():
       ("x beats y", "y", "x", 1, "paper"),
       ("z beats x", "x", "z", 1, "paper"),
   ]
-  up, down, missing = study_report.claims(specs, outcomes, min_effect=0.02)
+  up, down, missing = report.claims(specs, outcomes, min_effect=0.02)
   assert up["mean_diff"] == pytest.approx(0.6) and up["verdict"] == "reproduces"
   assert up["signs"]["agree"] == 2 and up["acc_a"] == [0.2, 0.2]
   assert down["verdict"] == "does not reproduce"
   assert missing["verdict"] == "not run"
-  md = study_report.claims_table([up, missing], {"x": "X", "y": "Y"})
+  md = report.claims_table([up, missing], {"x": "X", "y": "Y"})
   assert "| y beats x | Y > X | +0.600 |" in md
   assert md.splitlines()[-1].endswith("| not run |")
 
@@ -119,7 +122,7 @@ def test_write_saves_json_markdown_and_png(tmp_path):
   rows = _rows({"x": [(0.5, 0.6), (0.7, 0.8)], "y": [(0.1, 0.1), (0.2, 0.2)]})
   outcomes = [{"x": [1.0, 0.0], "y": [0.0, 0.0]}] * 2
   config = {"claims": {"specs": [("x beats y", "y", "x", 1, "s")]}}
-  out = study_report.write(str(tmp_path), rows, outcomes, config)
+  out = report.write(str(tmp_path), rows, outcomes, config)
   data = json.loads((tmp_path / "results.json").read_text())
   assert data["rows"][0]["pass@1"]["mean"] == pytest.approx(0.6)
   assert len(data["per_seed"]) == 4 and data["claims"][0]["b"] == "x"
@@ -129,7 +132,7 @@ def test_write_saves_json_markdown_and_png(tmp_path):
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp_")]
   # The same inputs give the same bytes (no wall times, no timestamps).
   json_bytes = (tmp_path / "results.json").read_bytes()
-  study_report.write(str(tmp_path), rows, outcomes, config)
+  report.write(str(tmp_path), rows, outcomes, config)
   assert (tmp_path / "results.json").read_bytes() == json_bytes
   assert (tmp_path / "results.png").read_bytes() == first
 

@@ -5,8 +5,8 @@
 1. take N prompts from a resumable ``PromptSource``;
 2. sample G completions per prompt with the jitted sampler on the CURRENT
    student state (the trainer's device arrays, no host copy of weights);
-3. decode and grade on the host with ``rl_rewards.grade`` (in the worker
-   processes of ``rl_rewards.make_reward_pool``, a deadline per completion,
+3. decode and grade on the host with ``graders.grade`` (in the worker
+   processes of ``graders.make_reward_pool``, a deadline per completion,
    when a pool is given), so a grader that raises or times out scores the
    sample as wrong, is counted (``reward/failure_frac``) and the run
    continues;
@@ -17,7 +17,7 @@
    no correct rollout, ranked by the current student's comprehension score,
    group size kept);
 5. group advantages (with or without std) and a padded numpy batch with the
-   keys documented in ``rl_steps``.
+   keys documented in ``rl.scoring``.
 
 ``Roller.gkd_batch``: with probability λ the completions are student samples
 (no gradient), else the dataset's (gold traces); λ = 0 never calls the
@@ -43,9 +43,9 @@ from w2s_jax import losses
 from w2s_jax.decoding import sampler as sampler_lib
 from w2s_jax.decoding import sampling_params as sp_lib
 from w2s_jax.evals import rewards as rewards_lib
-from w2s_jax.training import rl_multiprocess as mp
-from w2s_jax.training import rl_rewards
-from w2s_jax.training.rl_problems import Problem, PromptSource
+from w2s_jax.rl import graders
+from w2s_jax.rl import multiprocess as mp
+from w2s_jax.rl.problems import Problem, PromptSource
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +125,7 @@ class Roller:
     source: the prompts.
     graphdef, model_cfg: the student's graph and ``TransformerConfig``.
     mesh: batches are sharded over it (None: default device).
-    pool: reward workers from ``rl_rewards.make_reward_pool`` (None:
+    pool: reward workers from ``graders.make_reward_pool`` (None:
       graders run in-process, no deadline).
     logprob_fn: jitted ``(params, batch) -> [B, L-1]`` student log-probs
       (AMPO's comprehension score).
@@ -149,7 +149,7 @@ class Roller:
     self.mesh, self.pool, self.logprob_fn = mesh, pool, logprob_fn
     self.pad = int(tokenizer.pad_id or 0)
     self.width = max(len(p.prompt_ids) for p in source.problems)
-    self.grader = rl_rewards.grader_for(cfg.reward, cfg.task, cfg.reward_fn)
+    self.grader = graders.grader_for(cfg.reward, cfg.task, cfg.reward_fn)
     sampler_lib.check_prompt_shape(model_cfg, self.width, cfg.max_new_tokens)
     params = sp_lib.SamplingParams(cfg.temperature, 0, cfg.top_p)
 
@@ -251,7 +251,7 @@ class Roller:
     """(rewards_B f32, correct_B bool) for texts of n per problem."""
     c = self.cfg
     golds = self._golds(problems, len(texts) // len(problems))
-    acc = rl_rewards.grade(
+    acc = graders.grade(
         self.grader,
         texts,
         golds,
@@ -265,7 +265,7 @@ class Roller:
     if c.reward == "correct":
       r = np.where(correct, c.correct_reward, c.wrong_reward)
       return r.astype(np.float32), correct
-    fmt = np.array([rl_rewards.has_answer(t, c.task, c.style) for t in texts])
+    fmt = np.array([graders.has_answer(t, c.task, c.style) for t in texts])
     if c.reward == "ampo":  # r = 0.9·acc + 0.1·format; correct iff r > 0.6
       r = 0.9 * correct + 0.1 * fmt
       return r.astype(np.float32), r > 0.6
@@ -286,7 +286,7 @@ class Roller:
     """The batch of one GRPO/KDRL/AMPO step.
 
     Returns:
-      (batch, metrics, timings): numpy arrays (keys of ``rl_steps`` minus the
+      (batch, metrics, timings): numpy arrays (keys of ``rl.scoring`` minus the
       scored log-probs and ``kd_beta``), host metrics, seconds per phase
       ('sample', 'grade', 'host').
     """

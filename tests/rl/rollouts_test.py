@@ -14,7 +14,9 @@ from w2s_jax.decoding import sampler as sampler_lib
 from w2s_jax.evals import rewards as rewards_lib
 from w2s_jax.models import config as model_config
 from w2s_jax.models import transformer
-from w2s_jax.training import inputs, rl_problems, rl_rewards, rollouts
+from w2s_jax.rl import graders, rollouts
+from w2s_jax.rl import problems as rl_problems
+from w2s_jax.training import inputs
 
 REWARD_MODULE = """
 import time
@@ -142,7 +144,7 @@ def test_synthetic_problems_grade_their_gold_solutions(tok):
 @pytest.fixture(scope="module")
 def reward_pool(reward_module):
   # The default of the RL configs: graders in worker processes.
-  pool = rl_rewards.make_reward_pool(2, 1.0, reward_fn=f"{reward_module}:flaky")
+  pool = graders.make_reward_pool(2, 1.0, reward_fn=f"{reward_module}:flaky")
   yield pool
   pool.close()
 

@@ -1,4 +1,4 @@
-"""Tests for w2s_jax.evals.metrics: pass@k, maj@k, RGR."""
+"""Tests for w2s_jax.evals.accuracy: pass@k, maj@k, RGR."""
 
 import collections
 import itertools
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from w2s_jax.evals import metrics
+from w2s_jax.evals import accuracy
 
 
 def _pass_at_k_brute_force(n, c, k):
@@ -21,7 +21,7 @@ def _pass_at_k_brute_force(n, c, k):
 def test_pass_at_k_equals_brute_force_enumeration(n):
   for c in range(n + 1):
     for k in range(1, n + 1):
-      got = metrics.pass_at_k(n, c, k)
+      got = accuracy.pass_at_k(n, c, k)
       assert got == pytest.approx(_pass_at_k_brute_force(n, c, k), abs=1e-12)
 
 
@@ -30,7 +30,7 @@ def test_pass_at_k_matches_binomial_form_for_large_n():
   for c in (0, 1, 13, 100, 199, 200):
     for k in (1, 5, 50, 200):
       want = 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
-      assert metrics.pass_at_k(n, c, k) == pytest.approx(
+      assert accuracy.pass_at_k(n, c, k) == pytest.approx(
           want, rel=1e-10, abs=1e-12
       )
 
@@ -38,22 +38,22 @@ def test_pass_at_k_matches_binomial_form_for_large_n():
 def test_pass_at_k_properties():
   for n in (1, 4, 16, 64):
     for c in range(n + 1):
-      assert metrics.pass_at_k(n, c, 1) == pytest.approx(c / n, abs=1e-12)
-      values = [metrics.pass_at_k(n, c, k) for k in range(1, n + 1)]
+      assert accuracy.pass_at_k(n, c, 1) == pytest.approx(c / n, abs=1e-12)
+      values = [accuracy.pass_at_k(n, c, k) for k in range(1, n + 1)]
       assert all(b >= a - 1e-15 for a, b in zip(values, values[1:]))
       for k in range(1, n + 1):
         if c > n - k:
-          assert metrics.pass_at_k(n, c, k) == 1.0
+          assert accuracy.pass_at_k(n, c, k) == 1.0
 
 
 def test_mean_pass_at_k_and_table():
   # Two problems with different sample counts.
-  got = metrics.mean_pass_at_k([4, 8], [1, 0], k=2)
+  got = accuracy.mean_pass_at_k([4, 8], [1, 0], k=2)
   # 1 - C(3, 2) / C(4, 2) = 1/2 for the first problem, 0 for the second.
   assert got == pytest.approx(0.25)
   assert got == pytest.approx((_pass_at_k_brute_force(4, 1, 2) + 0.0) / 2)
   correct_PN = np.array([[1, 0, 0, 0], [1, 1, 0, 1], [0, 0, 0, 0]], bool)
-  table = metrics.pass_at_k_table(correct_PN, ks=(1, 2, 4, 8))
+  table = accuracy.pass_at_k_table(correct_PN, ks=(1, 2, 4, 8))
   assert set(table) == {"n", "pass@1", "pass@2", "pass@4"}
   assert table["n"] == 4
   assert table["pass@1"] == pytest.approx((1 / 4 + 3 / 4 + 0) / 3)
@@ -62,47 +62,47 @@ def test_mean_pass_at_k_and_table():
 
 def test_pass_at_k_bad_input():
   with pytest.raises(ValueError, match="k must be in"):
-    metrics.pass_at_k(4, 1, 5)
+    accuracy.pass_at_k(4, 1, 5)
   with pytest.raises(ValueError, match="num_correct must be in"):
-    metrics.pass_at_k(4, 5, 1)
+    accuracy.pass_at_k(4, 5, 1)
   with pytest.raises(ValueError, match="num_samples must be >= 1"):
-    metrics.pass_at_k(0, 0, 1)
+    accuracy.pass_at_k(0, 0, 1)
   with pytest.raises(ValueError, match="same non-zero length"):
-    metrics.mean_pass_at_k([4, 4], [1], 1)
+    accuracy.mean_pass_at_k([4, 4], [1], 1)
   with pytest.raises(ValueError, match=r"\[problems, samples\]"):
-    metrics.pass_at_k_table(np.zeros(3, bool))
+    accuracy.pass_at_k_table(np.zeros(3, bool))
 
 
 def test_maj_tie_goes_to_the_earliest_group():
   # "1" and "2" both get two votes; "1" appears first.
   answers = ["1", "2", "2", "1"]
-  assert metrics.majority_index(metrics.group_answers(answers)) == 0
-  assert metrics.maj_at_k(answers, [True, False, False, True], k=4) == 1.0
+  assert accuracy.majority_index(accuracy.group_answers(answers)) == 0
+  assert accuracy.maj_at_k(answers, [True, False, False, True], k=4) == 1.0
   answers = ["2", "1", "1", "2"]
-  assert metrics.majority_index(metrics.group_answers(answers)) == 0
-  assert metrics.maj_at_k(answers, [False, True, True, False], k=4) == 0.0
+  assert accuracy.majority_index(accuracy.group_answers(answers)) == 0
+  assert accuracy.maj_at_k(answers, [False, True, True, False], k=4) == 0.0
 
 
 def test_maj_groups_by_equivalence_and_drops_none():
   answers = [None, "3", r"\frac{1}{2}", None, "0.5", "1/2", "3", None]
-  labels = metrics.group_answers(answers)
+  labels = accuracy.group_answers(answers)
   assert labels == [-1, 0, 1, -1, 1, 1, 0, -1]
   # None has three "votes" but is not an answer; 1/2 (x3) beats 3 (x2).
   correct = [False, False, True, False, True, True, False, False]
-  assert metrics.maj_at_k(answers, correct, k=8) == 1.0
-  assert metrics.maj_at_k([None, None], [False, False], k=2) == 0.0
+  assert accuracy.maj_at_k(answers, correct, k=8) == 1.0
+  assert accuracy.maj_at_k([None, None], [False, False], k=2) == 0.0
   # A custom equivalence relation.
   same_parity = lambda a, b: int(a) % 2 == int(b) % 2
-  assert metrics.group_answers(["1", "2", "3"], same_parity) == [0, 1, 0]
+  assert accuracy.group_answers(["1", "2", "3"], same_parity) == [0, 1, 0]
 
 
 def test_maj_at_k_averages_disjoint_blocks():
   answers = ["a", "a", "b", "c", "b", "b"]
   correct = [True, True, False, False, False, False]
   # Blocks [a a b], [c b b]: majorities a (right), b (wrong).
-  assert metrics.maj_at_k(answers, correct, k=3) == 0.5
+  assert accuracy.maj_at_k(answers, correct, k=3) == 0.5
   # Blocks of 2: [a a] right, [b c] tie -> b wrong, [b b] wrong.
-  assert metrics.maj_at_k(answers, correct, k=2) == pytest.approx(1 / 3)
+  assert accuracy.maj_at_k(answers, correct, k=2) == pytest.approx(1 / 3)
 
 
 def test_maj_at_k_random_subsets_against_enumeration():
@@ -117,33 +117,35 @@ def test_maj_at_k_random_subsets_against_enumeration():
     winner = next(answers[i] for i in subset if votes[answers[i]] == top)
     wins.append(winner == "8")
   exact = float(np.mean(wins))
-  approx = metrics.maj_at_k(answers, correct, k, num_subsets=4000, seed=0)
+  approx = accuracy.maj_at_k(answers, correct, k, num_subsets=4000, seed=0)
   assert approx == pytest.approx(exact, abs=0.03)
-  again = metrics.maj_at_k(answers, correct, k, num_subsets=4000, seed=0)
+  again = accuracy.maj_at_k(answers, correct, k, num_subsets=4000, seed=0)
   assert again == approx  # Fixed subsets: deterministic.
 
 
 def test_maj_at_k_bad_input():
   with pytest.raises(ValueError, match="one entry per sample"):
-    metrics.maj_at_k(["1"], [True, False], k=1)
+    accuracy.maj_at_k(["1"], [True, False], k=1)
   with pytest.raises(ValueError, match="k must be in"):
-    metrics.maj_at_k(["1"], [True], k=2)
+    accuracy.maj_at_k(["1"], [True], k=2)
   with pytest.raises(ValueError, match="num_subsets must be"):
-    metrics.maj_at_k(["1"], [True], k=1, num_subsets=0)
+    accuracy.maj_at_k(["1"], [True], k=1, num_subsets=0)
 
 
 def test_reasoning_gap_recovered():
-  assert metrics.reasoning_gap_recovered(0.6, 0.3, 0.6) == 1.0
-  assert metrics.reasoning_gap_recovered(0.3, 0.3, 0.6) == 0.0
-  assert metrics.reasoning_gap_recovered(0.45, 0.3, 0.6) == pytest.approx(0.5)
-  assert metrics.reasoning_gap_recovered(0.2, 0.3, 0.6) == pytest.approx(-1 / 3)
-  assert math.isnan(metrics.reasoning_gap_recovered(0.5, 0.4, 0.4))
-  assert math.isnan(metrics.reasoning_gap_recovered(0.5, 0.4, 0.4 + 1e-15))
+  assert accuracy.reasoning_gap_recovered(0.6, 0.3, 0.6) == 1.0
+  assert accuracy.reasoning_gap_recovered(0.3, 0.3, 0.6) == 0.0
+  assert accuracy.reasoning_gap_recovered(0.45, 0.3, 0.6) == pytest.approx(0.5)
+  assert accuracy.reasoning_gap_recovered(0.2, 0.3, 0.6) == pytest.approx(
+      -1 / 3
+  )
+  assert math.isnan(accuracy.reasoning_gap_recovered(0.5, 0.4, 0.4))
+  assert math.isnan(accuracy.reasoning_gap_recovered(0.5, 0.4, 0.4 + 1e-15))
 
 
 def test_summarize():
-  s = metrics.summarize([1.0, 0.0, 1.0, 1.0])
+  s = accuracy.summarize([1.0, 0.0, 1.0, 1.0])
   assert s["mean"] == 0.75 and s["count"] == 4
   assert s["sem"] == pytest.approx(np.std([1, 0, 1, 1], ddof=1) / 2)
   with pytest.raises(ValueError, match="at least one"):
-    metrics.summarize([])
+    accuracy.summarize([])

@@ -18,15 +18,8 @@ from flax import nnx
 from w2s_jax import config_lib, main, sharding, testing
 from w2s_jax.models import config as model_config
 from w2s_jax.models import hf_io, transformer
-from w2s_jax.training import (
-    inputs,
-    lora,
-    metrics,
-    rl_steps,
-    rl_trainer,
-    rollouts,
-    steps,
-)
+from w2s_jax.rl import learner, rollouts, scoring
+from w2s_jax.training import inputs, lora, metrics, steps
 
 ROOT = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,9 +49,9 @@ def test_zero_b_policy_is_the_full_model_and_the_base_never_changes():
   graphdef, base = nnx.split(transformer.init_model(mcfg, seed=0))
   base_before = jax.tree.map(np.array, base)
   adapters = lora.init_lora(base, RANK, jax.random.key(1))
-  policy = rl_trainer._policy_fn(RANK, ALPHA)  # noqa: SLF001
+  policy = learner._policy_fn(RANK, ALPHA)  # noqa: SLF001
   cfg = dict(group_size=G, max_len=T, beta_ref=0.04, agg="token-mean")
-  score = jax.jit(rl_steps.make_score_fn(graphdef, {"ref": graphdef}, cfg))
+  score = jax.jit(scoring.make_score_fn(graphdef, {"ref": graphdef}, cfg))
   batch = _batch()
   merged = policy({"params": adapters}, {"base": base})
   got, _ = score(merged, {"ref": base}, batch)
@@ -68,7 +61,7 @@ def test_zero_b_policy_is_the_full_model_and_the_base_never_changes():
   batch.update(got)
   tx = optax.adam(1e-2)
   spec = steps.StepSpec(
-      method=rl_steps.get_method("grpo"),
+      method=scoring.get_method("grpo"),
       student_graphdef=graphdef,
       frozen_graphdefs={},
       tx=tx,
@@ -77,7 +70,7 @@ def test_zero_b_policy_is_the_full_model_and_the_base_never_changes():
       lora_alpha=ALPHA,
   )
   step = jax.jit(
-      rl_trainer._flat_step(steps.make_train_step(spec), 2),  # noqa: SLF001
+      learner._flat_step(steps.make_train_step(spec), 2),  # noqa: SLF001
       donate_argnums=(0,),
   )
   ts = {
@@ -136,7 +129,7 @@ def test_lora_rl_checkpoints_adapters_only_and_resumes_exactly(tmp_path):
   cfg = _cfg()
   tok = inputs.load_tokenizer(cfg.data.tokenizer, str(tmp_path / "tok"))
   mesh = sharding.make_mesh(tuple(cfg.mesh_shape))
-  base = rl_trainer.trainer.build_model(cfg.student, tok, mesh)
+  base = learner.trainer.build_model(cfg.student, tok, mesh)
   hf_io.save_pretrained(base, str(tmp_path / "base" / "export"))
   b0 = testing.load_export(str(tmp_path / "base"))
   moved = {k for k in a if not np.array_equal(a[k], b0[k])}
@@ -148,12 +141,12 @@ def test_bad_lora_config_is_a_clear_error():
   cfg = _cfg()
   cfg.lora.targets = ("q_DNH", "qkv_fused")
   with pytest.raises(ValueError, match=r"lora.targets=.* is invalid"):
-    rl_trainer._check_config(cfg)  # noqa: SLF001
+    learner._check_config(cfg)  # noqa: SLF001
   cfg = _cfg()
   cfg.lora.alpha = 0.0
   with pytest.raises(ValueError, match="lora.alpha=0.0 is invalid"):
-    rl_trainer._check_config(cfg)  # noqa: SLF001
+    learner._check_config(cfg)  # noqa: SLF001
   for spec in ("grpo.py", "kdrl.py", "gkd.py", "ampo.py"):  # all may use it
     c = config_lib.load(os.path.join(ROOT, "configs", spec))
     c.lora.rank = 8
-    rl_trainer._check_config(c)  # noqa: SLF001
+    learner._check_config(c)  # noqa: SLF001

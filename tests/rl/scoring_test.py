@@ -9,7 +9,7 @@ from flax import nnx
 from w2s_jax.decoding import generation
 from w2s_jax.models import config as model_config
 from w2s_jax.models import transformer
-from w2s_jax.training import rl_steps, rollouts
+from w2s_jax.rl import rollouts, scoring
 
 G, N, P, T = 4, 2, 3, 5  # group size, prompts, prompt width, new tokens
 B, L = G * N, P + T
@@ -85,7 +85,7 @@ def test_score_step_matches_independent_forward():
   sg, ss = nnx.split(student)
   tg, ts = nnx.split(teacher)
   batch = _batch()
-  score = jax.jit(rl_steps.make_score_fn(sg, {"teacher": tg, "ref": sg}, {}))
+  score = jax.jit(scoring.make_score_fn(sg, {"teacher": tg, "ref": sg}, {}))
   got, _ = score(ss, {"teacher": ts, "ref": ss}, batch)
   mask = batch["completion_mask"][:, 1:] != 0
   for name, model in (("old", student), ("teacher", teacher)):
@@ -109,7 +109,7 @@ def test_score_step_matches_the_sampler_logprobs():
   tok_BP, seg_BP = generation.prepare_prompts(prompts, pad_id=0)
   tok_BP, seg_BP = np.repeat(tok_BP, G, 0), np.repeat(seg_BP, G, 0)
   batch = rollouts._assemble(tok_BP, seg_BP, out.tokens, out.lengths)  # noqa: SLF001
-  got, _ = jax.jit(rl_steps.make_score_fn(sg, {}, {}))(ss, {}, batch)
+  got, _ = jax.jit(scoring.make_score_fn(sg, {}, {}))(ss, {}, batch)
   p = tok_BP.shape[1]
   mask = batch["completion_mask"][:, 1:] != 0
   # π_old of column t is the sampler's log-prob of completion token t - P + 1.
@@ -169,7 +169,7 @@ def test_grpo_matches_float64_reference(agg):
 def _grads(model, batch, cfg, method="grpo", norm_batch=None):
   """Loss, metrics and gradient of one micro-batch (norms of norm_batch)."""
   graphdef, state = nnx.split(model)
-  m = rl_steps.get_method(method)
+  m = scoring.get_method(method)
   mb = {k: jnp.asarray(v) for k, v in batch.items() if k != "rewards"}
   nb = (
       mb
@@ -279,13 +279,13 @@ def test_ampo_off_policy_rows_use_shaped_probability():
 
 def test_unknown_method_and_wrong_divergence_are_clear_errors():
   with pytest.raises(ValueError, match="unknown RL method 'ppo'"):
-    rl_steps.get_method("ppo")
+    scoring.get_method("ppo")
   model = _model()
   with pytest.raises(ValueError, match="gkd needs loss.divergence='jsd'"):
-    rl_steps.gkd_loss(model, {"teacher": model}, {}, {}, {"divergence": "fkl"})
+    scoring.gkd_loss(model, {"teacher": model}, {}, {}, {"divergence": "fkl"})
 
 
 def test_score_needs():
-  assert rl_steps.score_needs("grpo", {"beta_ref": 0.04}) == ("ref",)
-  assert rl_steps.score_needs("kdrl", {}) == ("teacher",)
-  assert rl_steps.score_needs("gkd", {"beta_ref": 1.0}) == ()
+  assert scoring.score_needs("grpo", {"beta_ref": 0.04}) == ("ref",)
+  assert scoring.score_needs("kdrl", {}) == ("teacher",)
+  assert scoring.score_needs("gkd", {"beta_ref": 1.0}) == ()

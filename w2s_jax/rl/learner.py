@@ -1,10 +1,10 @@
 """The RL host loop: ``train_and_evaluate(config, workdir)`` for job 'rl'.
 
 Per step: rollouts on the current student (``rollouts.Roller``; prompts from
-``rl_problems``, graded in ``rl_rewards`` worker processes with a deadline
+``rl.problems``, graded in ``rl.graders`` worker processes with a deadline
 per completion unless ``rl.reward_workers=0``), one jitted
 scoring call (student π_old, reference and teacher log-probs of the sampled
-tokens, ``rl_steps.make_score_fn``), then ``rl.updates_per_rollout`` clipped
+tokens, ``scoring.make_score_fn``), then ``rl.updates_per_rollout`` clipped
 updates through ``steps.make_train_step`` with π_old fixed. GKD skips the
 scoring: its update fuses the teacher (JSD on full distributions).
 
@@ -36,6 +36,8 @@ import numpy as np
 from flax import nnx
 
 from w2s_jax import config_lib, losses, sharding
+from w2s_jax.rl import graders, multiprocess, rollouts, scoring
+from w2s_jax.rl import problems as rl_problems
 from w2s_jax.training import (
     checkpoint,
     inputs,
@@ -44,11 +46,6 @@ from w2s_jax.training import (
     metrics,
     optim,
     pairing,
-    rl_multiprocess,
-    rl_problems,
-    rl_rewards,
-    rl_steps,
-    rollouts,
     steps,
     trainer,
 )
@@ -108,7 +105,7 @@ def _check_config(config: Any) -> None:
         f" {SAMPLE_DTYPES} ('' = the policy's own weights); fix it with"
         " --config.rl.sample_dtype=bfloat16"
     )
-  if cap and config.method not in rl_steps.POLICY_METHODS:
+  if cap and config.method not in scoring.POLICY_METHODS:
     raise ValueError(
         "rl.tis_cap weights a policy-gradient loss; method"
         f" {config.method!r} has none. Set --config.rl.tis_cap=0."
@@ -135,7 +132,7 @@ def _check_config(config: Any) -> None:
           f"config value lora.targets={tuple(lora_cfg.get('targets', ()))} is"
           f" invalid: choose a non-empty subset of {sorted(lora.TARGETS)}."
       )
-  rl_multiprocess.check_divisible(int(config.rl.prompts_per_step))
+  multiprocess.check_divisible(int(config.rl.prompts_per_step))
   micro = int(config.train.micro_batches)
   if int(config.rl.prompts_per_step) % micro:
     raise ValueError(
@@ -208,9 +205,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
   method_name = str(config.method)
-  method = rl_steps.get_method(method_name)
+  method = scoring.get_method(method_name)
   loss_cfg = loss_config(config)
-  need = rl_steps.score_needs(method_name, loss_cfg)
+  need = scoring.score_needs(method_name, loss_cfg)
   total = int(config.train.steps)
   updates = int(config.rl.updates_per_rollout)
   mesh = sharding.make_mesh(tuple(config.get("mesh_shape", (-1, 1, 1))))
@@ -253,7 +250,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         graphdefs["ref"], frozen["ref"] = s_graphdef, s_state
       # Drawn from the same seed on every process, then replicated on the
       # mesh (a multi-process jit takes global arrays only).
-      trainable = rl_multiprocess.replicate(
+      trainable = multiprocess.replicate(
           lora.init_lora(
               s_state,
               rank,
@@ -305,14 +302,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         donate_argnums=(0,),
     )
     score_frozen = {k: frozen[k] for k in need}
-    score_fn = jax.jit(rl_steps.make_score_fn(s_graphdef, graphdefs, loss_cfg))
+    score_fn = jax.jit(scoring.make_score_fn(s_graphdef, graphdefs, loss_cfg))
     student_lp = jax.jit(
-        lambda p, b: rl_steps.token_logprobs(
+        lambda p, b: scoring.token_logprobs(
             nnx.merge(s_graphdef, p), b, loss_cfg
         )
     )
     # A grader that cannot load on one process stops every process.
-    roller = rl_multiprocess.agree(
+    roller = multiprocess.agree(
         lambda: rollouts.Roller(
             rollout_config(config),
             tokenizer,
@@ -333,11 +330,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     try:
       if method_name != "gkd":  # GKD grades nothing
         # Started once the Roller has checked rl.reward and rl.reward_fn.
-        roller.pool = rl_multiprocess.agree(
-            lambda: rl_rewards.make_reward_pool(
-                int(
-                    config.rl.get("reward_workers", rl_rewards.DEFAULT_WORKERS)
-                ),
+        roller.pool = multiprocess.agree(
+            lambda: graders.make_reward_pool(
+                int(config.rl.get("reward_workers", graders.DEFAULT_WORKERS)),
                 float(config.rl.reward_timeout_s),
                 reward_fn=(
                     str(config.rl.reward_fn) if config.rl.reward == "fn" else ""

@@ -15,7 +15,8 @@ from w2s_jax import config_lib
 from w2s_jax.data import synthetic
 from w2s_jax.evals import rewards as rewards_lib
 from w2s_jax.evals import worker_pool
-from w2s_jax.training import inputs, rl_problems, rl_rewards
+from w2s_jax.rl import graders, problems
+from w2s_jax.training import inputs
 
 ROOT = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,9 +56,9 @@ import rl_marker_mod  # noqa: F401
 if __name__ == "__main__":
   from rl_graders_mod import has_marker
   from w2s_jax.evals import worker_pool
-  from w2s_jax.training import rl_rewards
+  from w2s_jax.rl import graders
 
-  light = rl_rewards.make_reward_pool(1, 30.0)
+  light = graders.make_reward_pool(1, 30.0)
   plain = worker_pool.WorkerPool(1, timeout_s=30.0)
   out = [p.map(has_marker, [("", None)])[0].value for p in (light, plain)]
   light.close()
@@ -81,14 +82,14 @@ def mods(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pool(mods):
-  p = rl_rewards.make_reward_pool(2, 1.0, reward_fn="rl_graders_mod:x")
+  p = graders.make_reward_pool(2, 1.0, reward_fn="rl_graders_mod:x")
   yield p
   p.close()
 
 
 def test_modules_import_no_jax_or_flax():
   code = (
-      "import sys, w2s_jax.training.rl_rewards, w2s_jax.training.rl_problems;"
+      "import sys, w2s_jax.rl.graders, w2s_jax.rl.problems;"
       f" print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY}))"
   )
   out = subprocess.run(
@@ -131,7 +132,7 @@ def test_hung_reward_is_killed_at_the_deadline(mods, pool, tmp_path):
   restarts = pool.stats["restarts"]
   stats = rewards_lib.RewardStats()
   t0 = time.perf_counter()
-  r = rl_rewards.grade(
+  r = graders.grade(
       hang_after_pid,
       ["ok", "hang", "ok"],
       ["", pid_file, ""],
@@ -149,7 +150,7 @@ def test_hung_reward_is_killed_at_the_deadline(mods, pool, tmp_path):
     os.kill(pid, 0)  # killed and reaped, not left spinning
   assert pool.stats["restarts"] == restarts + 1
   # The replacement grades the next batch.
-  r = rl_rewards.grade(hang_after_pid, ["ok"] * 3, [""] * 3, pool=pool)
+  r = graders.grade(hang_after_pid, ["ok"] * 3, [""] * 3, pool=pool)
   np.testing.assert_array_equal(r, [1.0, 1.0, 1.0])
 
 
@@ -158,12 +159,12 @@ def test_synthetic_grader_on_gold_and_wrong_traces():
   for p in synthetic.sample_problems(task, "train", 6, seed=1):
     gold = (p.spec, "terse")
     trace = synthetic.gold_trace(p, "terse")
-    assert rl_rewards.synthetic_correct(trace, gold) == 1.0
+    assert graders.synthetic_correct(trace, gold) == 1.0
     n = len(str(p.answer))
     wrong = trace[:-n] + str((int(p.answer) + 1) % 11)
-    assert rl_rewards.synthetic_correct(wrong, gold) == 0.0
-    assert rl_rewards.has_answer(trace, "synthetic", "terse")
-  assert not rl_rewards.has_answer("no answer", "synthetic", "terse")
+    assert graders.synthetic_correct(wrong, gold) == 0.0
+    assert graders.has_answer(trace, "synthetic", "terse")
+  assert not graders.has_answer("no answer", "synthetic", "terse")
 
 
 @pytest.mark.parametrize(
@@ -176,19 +177,19 @@ def test_synthetic_grader_on_gold_and_wrong_traces():
     ],
 )
 def test_math_grader(completion, gold, want):
-  assert rl_rewards.math_correct(completion, gold) == want
+  assert graders.math_correct(completion, gold) == want
 
 
 def test_grader_for_picks_the_task_grader():
-  assert rl_rewards.grader_for("correct", "synthetic") is (
-      rl_rewards.synthetic_correct
+  assert graders.grader_for("correct", "synthetic") is (
+      graders.synthetic_correct
   )
-  assert rl_rewards.grader_for("ampo", "gsm8k") is rl_rewards.math_correct
-  assert rl_rewards.grader_for("fn", "x", "json:dumps") is json.dumps
+  assert graders.grader_for("ampo", "gsm8k") is graders.math_correct
+  assert graders.grader_for("fn", "x", "json:dumps") is json.dumps
   with pytest.raises(ValueError, match=r"rl.reward='bleu': choose one of"):
-    rl_rewards.grader_for("bleu", "synthetic")
+    graders.grader_for("bleu", "synthetic")
   with pytest.raises(ValueError, match=r"needs rl.reward_fn='module:function'"):
-    rl_rewards.grader_for("fn", "synthetic", "")
+    graders.grader_for("fn", "synthetic", "")
 
 
 @pytest.mark.parametrize(
@@ -202,21 +203,21 @@ def test_grader_for_picks_the_task_grader():
 )
 def test_bad_reward_fn_spec(spec, match):
   with pytest.raises(ValueError, match=match):
-    rl_rewards.load_reward_fn(spec)
+    graders.load_reward_fn(spec)
 
 
 def test_make_reward_pool_arguments():
-  assert rl_rewards.make_reward_pool(0, 5.0) is None
+  assert graders.make_reward_pool(0, 5.0) is None
   with pytest.raises(ValueError, match=r"rl.reward_workers=-1 must be >= 0"):
-    rl_rewards.make_reward_pool(-1, 5.0)
+    graders.make_reward_pool(-1, 5.0)
   with pytest.raises(ValueError, match=r"rl.reward_timeout_s=0 must be > 0"):
-    rl_rewards.make_reward_pool(1, 0)
+    graders.make_reward_pool(1, 0)
 
 
 def test_rl_configs_grade_in_workers_by_default():
   for name in ("grpo", "kdrl", "ampo"):
     cfg = config_lib.load(os.path.join(ROOT, f"configs/{name}.py:runlocal"))
-    assert int(cfg.rl.reward_workers) == rl_rewards.DEFAULT_WORKERS >= 1
+    assert int(cfg.rl.reward_workers) == graders.DEFAULT_WORKERS >= 1
     assert float(cfg.rl.reward_timeout_s) > 0
 
 
@@ -228,10 +229,10 @@ def test_in_process_grading_is_the_same(mods, pool):
       for i, p in enumerate(probs)
   ]
   golds = [(p.spec, "terse") for p in probs]
-  fn = rl_rewards.synthetic_correct
+  fn = graders.synthetic_correct
   want = [fn(t, g) for t, g in zip(texts, golds)]
-  in_proc = rl_rewards.grade(fn, texts, golds)
-  in_pool = rl_rewards.grade(fn, texts, golds, pool=pool)
+  in_proc = graders.grade(fn, texts, golds)
+  in_pool = graders.grade(fn, texts, golds, pool=pool)
   np.testing.assert_array_equal(in_proc, want)
   np.testing.assert_array_equal(in_pool, want)
   assert isinstance(pool, worker_pool.WorkerPool)
@@ -256,7 +257,7 @@ def test_jsonl_problems(tok, tmp_path):
       {"prompt": "2+2?", "answer": 4, "solutions": ["a #### 4", "b #### 4"]},
   ]
   path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
-  probs = rl_problems.build_problems(
+  probs = problems.build_problems(
       "grpo", _data(source="jsonl", path=str(path)), {}, tok
   )
   assert [p.answer_text for p in probs] == ["2", "4"]
@@ -271,16 +272,16 @@ def test_jsonl_problems(tok, tmp_path):
 def test_bad_problem_sources(tok, tmp_path):
   missing = str(tmp_path / "none.jsonl")
   with pytest.raises(FileNotFoundError, match="data.path=.* not found"):
-    rl_problems.build_problems(
+    problems.build_problems(
         "grpo", _data(source="jsonl", path=missing), {}, tok
     )
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"question": "q"}\n')
   with pytest.raises(ValueError, match=r"bad.jsonl:1: an RL problem needs"):
-    rl_problems.build_problems(
+    problems.build_problems(
         "grpo", _data(source="jsonl", path=str(bad)), {}, tok
     )
   with pytest.raises(ValueError, match=r"data.source='hf' cannot feed an RL"):
-    rl_problems.build_problems("grpo", _data(source="hf"), {}, tok)
+    problems.build_problems("grpo", _data(source="hf"), {}, tok)
   with pytest.raises(ValueError, match="the RL task has no prompts"):
-    rl_problems.PromptSource([], 0)
+    problems.PromptSource([], 0)

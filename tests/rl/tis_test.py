@@ -16,7 +16,9 @@ from flax import nnx
 from w2s_jax import config_lib, losses
 from w2s_jax.models import config as model_config
 from w2s_jax.models import transformer
-from w2s_jax.training import inputs, rl_problems, rl_steps, rl_trainer, rollouts
+from w2s_jax.rl import learner, rollouts, scoring
+from w2s_jax.rl import problems as rl_problems
+from w2s_jax.training import inputs
 
 ROOT = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +39,7 @@ def _lp_batch(seed=0):
 def test_equal_logprobs_give_weight_exactly_one_and_the_same_loss():
   batch, old = _lp_batch()
   batch["sample_logprobs"] = jnp.asarray(old)
-  w, m = rl_steps.sampler_mismatch(jnp.asarray(old), batch, {"tis_cap": 2.0})
+  w, m = scoring.sampler_mismatch(jnp.asarray(old), batch, {"tis_cap": 2.0})
   assert np.all(np.asarray(w) == 1.0)
   assert float(m["tis/logprob_abs_diff"]) == 0.0
   assert float(m["tis/capped_frac"]) == 0.0
@@ -58,7 +60,7 @@ def test_weights_and_metrics_match_numpy():
   rng = np.random.default_rng(2)
   sample = old + rng.normal(0, 1.0, old.shape).astype(np.float32)
   batch["sample_logprobs"] = jnp.asarray(sample)
-  w, m = rl_steps.sampler_mismatch(jnp.asarray(old), batch, {"tis_cap": 1.5})
+  w, m = scoring.sampler_mismatch(jnp.asarray(old), batch, {"tis_cap": 1.5})
   keep = (np.asarray(batch["completion_mask"])[:, 1:] != 0) & (
       np.asarray(batch["off_policy"])[:, None] == 0
   )
@@ -72,7 +74,7 @@ def test_weights_and_metrics_match_numpy():
   assert 0 < capped < 1
   np.testing.assert_allclose(m["tis/capped_frac"], capped, rtol=1e-6)
   # Off: no weights, the mismatch is still measured.
-  w0, m0 = rl_steps.sampler_mismatch(jnp.asarray(old), batch, {})
+  w0, m0 = scoring.sampler_mismatch(jnp.asarray(old), batch, {})
   assert w0 is None and set(m0) == {"tis/logprob_abs_diff"}
   # The weights multiply the policy term per token (A > 0, ρ = 1, no clip).
   mask = batch["completion_mask"][:, 1:]
@@ -113,7 +115,7 @@ def _mismatch(setup, sample_dtype, cap=2.0):
   )
   batch, _, _ = roller.policy_batch(params, 0, jax.random.key(0))
   dev = {k: jnp.asarray(v) for k, v in batch.items()}
-  score = jax.jit(rl_steps.make_score_fn(graphdef, {}, {"tis_cap": cap}))
+  score = jax.jit(scoring.make_score_fn(graphdef, {}, {"tis_cap": cap}))
   out, m = score(params, {}, dev)
   mask = np.asarray(batch["completion_mask"][:, 1:]) != 0
   assert mask.sum() > 0
@@ -148,7 +150,7 @@ def test_bad_tis_and_sample_dtype_are_config_errors():
     with pytest.raises(ValueError, match=r"rl.tis_cap=.* is invalid"):
       config_lib.validate(cfg)
     with pytest.raises(ValueError, match=r"rl.tis_cap=.*must be > 1"):
-      rl_trainer._check_config(cfg)  # noqa: SLF001
+      learner._check_config(cfg)  # noqa: SLF001
   cfg = config_lib.load(base)
   cfg.rl.sample_dtype = "int8"
   with pytest.raises(ValueError, match="rl.sample_dtype='int8' is invalid"):
@@ -156,13 +158,13 @@ def test_bad_tis_and_sample_dtype_are_config_errors():
   cfg = config_lib.load(os.path.join(ROOT, "configs/gkd.py:runlocal"))
   cfg.rl.tis_cap = 2.0
   with pytest.raises(ValueError, match="method 'gkd' has none"):
-    rl_trainer._check_config(cfg)  # noqa: SLF001
+    learner._check_config(cfg)  # noqa: SLF001
   cfg = config_lib.load(base)
   cfg.rl.tis_cap, cfg.loss.pg_temperature = 2.0, 0.7
   with pytest.raises(ValueError, match="needs the sampler's log-probs"):
-    rl_trainer._check_config(cfg)  # noqa: SLF001
+    learner._check_config(cfg)  # noqa: SLF001
   cfg.rl.temperature = 0.7  # the sampler records π at T 0.7 (top_p 1)
-  rl_trainer._check_config(cfg)  # noqa: SLF001
+  learner._check_config(cfg)  # noqa: SLF001
 
 
 @pytest.mark.slow  # ~1-2 min each on 2 shared cores

@@ -7,8 +7,11 @@ import sys
 
 from w2s_jax import jobs, models
 from w2s_jax.data import char_vocab, traces
+from w2s_jax.jobs import sampling, topk_scoring
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 
 
 def test_make_pairs_one_per_mixed_prompt():
@@ -20,7 +23,7 @@ def test_make_pairs_one_per_mixed_prompt():
       traces.SFTRecord("p3", "e", False),
       traces.SFTRecord("p3", "f", True),
   ]
-  pairs = jobs.make_pairs(recs)
+  pairs = sampling.make_pairs(recs)
   assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [
       ("p1", "a", "b"),
       ("p3", "f", "e"),
@@ -107,8 +110,12 @@ def test_topk_scorer_rows_match_the_full_forward():
   )
   rng = np.random.RandomState(0)
   seqs = [rng.randint(1, 24, n).astype(np.int32) for n in (5, 9, 3)]
-  scorer = jobs.make_topk_scorer(model, k=4, temperature=2.0, vocab_size=24)
-  scored = list(jobs.score_sequences(scorer, seqs, batch_size=2, width=10))
+  scorer = topk_scoring.make_topk_scorer(
+      model, k=4, temperature=2.0, vocab_size=24
+  )
+  scored = list(
+      topk_scoring.score_sequences(scorer, seqs, batch_size=2, width=10)
+  )
   assert len(scored) == 3
   for ids, (top_ids, top_lp) in zip(seqs, scored):
     z = np.asarray(model(ids[None]), np.float64)[0] / 2.0
@@ -132,14 +139,20 @@ def test_ssb_data_rejects_bad_settings(tmp_path):
   cfg.ssb.num_rollouts = 1
   with pytest.raises(ValueError, match=r"ssb.num_rollouts=1 is invalid"):
     jobs.run("ssb_data", cfg, str(tmp_path))
-  with pytest.raises(ValueError, match=r"unknown job 'ssb'.*ssb_data"):
+  with pytest.raises(ValueError, match=r"job=.ssb. is unknown.*ssb_data"):
     jobs.run("ssb", cfg, str(tmp_path))
 
 
 def test_synthetic_trace_grader_notation():
   problem = {"spec": "11:9*0+0"}
   latent = "9*0=0,0+0=0 a0"  # right, in the latent notation
-  assert jobs._synthetic_grader("terse")(latent, problem) == (False, None)
-  assert jobs._synthetic_grader("terse", "any")(latent, problem) == (True, "0")
+  assert sampling.synthetic_grader("terse")(latent, problem) == (False, None)
+  assert sampling.synthetic_grader("terse", "any")(latent, problem) == (
+      True,
+      "0",
+  )
   terse = "A:9*0=0;0+0=5#5"
-  assert jobs._synthetic_grader("terse", "any")(terse, problem) == (False, "5")
+  assert sampling.synthetic_grader("terse", "any")(terse, problem) == (
+      False,
+      "5",
+  )

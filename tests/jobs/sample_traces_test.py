@@ -8,7 +8,8 @@ import pytest
 from w2s_jax import models
 from w2s_jax.data import char_vocab, tokenizers
 from w2s_jax.data import traces as traces_io
-from w2s_jax.decoding import rsd_rule, traces
+from w2s_jax.decoding import rsd_rule
+from w2s_jax.jobs import sample_traces as traces
 
 ALPHABET = "0123456789 #abx"
 PROBLEMS = [

@@ -182,9 +182,9 @@ def test_grader_failing_on_one_process_stops_every_process(tmp_path):
 
 
 def test_prompts_not_divisible_by_processes_is_a_clear_error(monkeypatch):
-  from w2s_jax.training import rl_multiprocess  # noqa: PLC0415
+  from w2s_jax.rl import multiprocess  # noqa: PLC0415
 
-  monkeypatch.setattr(rl_multiprocess.jax, "process_count", lambda: 3)
+  monkeypatch.setattr(multiprocess.jax, "process_count", lambda: 3)
   with pytest.raises(ValueError, match=r"rl.prompts_per_step=4 is not div"):
-    rl_multiprocess.check_divisible(4)
-  rl_multiprocess.check_divisible(6)
+    multiprocess.check_divisible(4)
+  multiprocess.check_divisible(6)

@@ -15,7 +15,7 @@ from flax import nnx
 
 from w2s_jax.models import config as model_config
 from w2s_jax.models import transformer
-from w2s_jax.training import rl_steps, rollouts
+from w2s_jax.rl import rollouts, scoring
 
 G, N, P, T = 4, 2, 3, 5
 B, L = G * N, P + T
@@ -49,7 +49,7 @@ def _batch(student, seed=0):
   batch["off_policy"] = np.array([0, 1, 0, 0, 0, 0, 1, 0], np.float32)
   batch["kd_beta"] = np.full(B, 0.5, np.float32)
   dev = {k: jnp.asarray(v) for k, v in batch.items()}
-  lp = rl_steps.token_logprobs(student, dev, {"chunked": False})
+  lp = scoring.token_logprobs(student, dev, {"chunked": False})
   noise = rng.normal(0, 0.3, size=(3,) + lp.shape).astype(np.float32)
   batch["old_logprobs"] = np.asarray(lp) + noise[0]
   batch["ref_logprobs"] = np.asarray(lp) + noise[1]
@@ -81,7 +81,7 @@ CASES = {
 
 
 def _loss_and_grads(method, student, teacher, batch, cfg):
-  m = rl_steps.get_method(method)
+  m = scoring.get_method(method)
   if not cfg.pop("tis", False):
     batch = {k: v for k, v in batch.items() if k != "tis_weight"}
   graphdef, state = nnx.split(student)
@@ -128,7 +128,7 @@ def test_chunked_scoring_equals_dense_scoring():
   got = {}
   for chunked in (True, False):
     cfg = {"chunked": chunked, "chunk_size": CHUNK, "pg_temperature": 0.8}
-    score = jax.jit(rl_steps.make_score_fn(sg, {"teacher": tg, "ref": sg}, cfg))
+    score = jax.jit(scoring.make_score_fn(sg, {"teacher": tg, "ref": sg}, cfg))
     got[chunked], _ = score(ss, {"teacher": ts, "ref": ss}, batch)
   mask = np.asarray(batch["completion_mask"][:, 1:]) != 0
   for k in ("old_logprobs", "ref_logprobs", "teacher_logprobs"):

@@ -221,20 +221,9 @@ def run_job(cfg: ml_collections.ConfigDict, stage_dir: str) -> dict[str, Any]:
 
 
 def _dispatch(cfg: ml_collections.ConfigDict, stage_dir: str) -> Any:
-  job = str(cfg.get("job", "train"))
-  if job == "train":
-    from w2s_jax.training import trainer  # noqa: PLC0415
+  from w2s_jax import jobs  # noqa: PLC0415
 
-    out = trainer.train_and_evaluate(cfg, stage_dir)
-  elif job == "rl":
-    from w2s_jax.training import rl_trainer  # noqa: PLC0415
-
-    out = rl_trainer.train_and_evaluate(cfg, stage_dir)
-  else:
-    from w2s_jax import jobs  # noqa: PLC0415
-
-    out = jobs.run(job, cfg, stage_dir)
-  return out
+  return jobs.run(str(cfg.get("job", "train")), cfg, stage_dir)
 
 
 def train_config(

@@ -52,8 +52,8 @@ import time
 import traceback
 from typing import Any
 
-from w2s_jax import study_report
-from w2s_jax import study_stages as st
+from w2s_jax.study import report
+from w2s_jax.study import stages as st
 
 ARM_GROUPS = ("a", "b", "c", "d")
 ANY_REWARD = "w2s_jax.data.synthetic_grading:correct_any"
@@ -189,7 +189,7 @@ class _Seed:
         "seed": self.seed,
         "note": note,
     }
-    row.update({k: res[k] for k in study_report.METRICS if k in res})
+    row.update({k: res[k] for k in report.METRICS if k in res})
     self.rows.append(row)
     self.outcomes[mid] = list(res["outcomes"])
     return row
@@ -318,7 +318,7 @@ class _Seed:
       sft, self.sft_note = w2sr, "started from W2SR (no W2SR-P at this size)"
       w2sr_row["note"] = also
     if "a" in groups:
-      study_report.attach_rgr(
+      report.attach_rgr(
           self.rows,
           base,
           grpo,
@@ -591,9 +591,9 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     rows.extend(seed_run.run(groups))
     outcomes.append(seed_run.outcomes)
     timings[f"seed{s}"] = seed_run.stages.timings
-  result = study_report.write(workdir, rows, outcomes, config=config.to_dict())
+  result = report.write(workdir, rows, outcomes, config=config.to_dict())
   wall = time.time() - start
-  study_report.write_timings(
+  report.write_timings(
       workdir, {"wall_seconds": wall, "stage_seconds": timings}
   )
   print(result["table"])
