@@ -127,3 +127,14 @@ def test_config_reaches_the_hparams_in_one_import():
 def test_bad_kd_keys_name_the_key_and_the_bound(key, value, msg):
   with pytest.raises(methods.HparamError, match=msg):
     SPEC.hp({key: value})
+
+
+def test_the_trainer_fills_group_size_and_max_len_from_the_rl_section():
+  from w2s_jax.training import rl_trainer  # noqa: PLC0415
+
+  c = config_lib.load(os.path.join(ROOT, "configs/kdrl.py:runlocal"))
+  hp = rl_trainer.loss_config(c, SPEC)
+  assert (hp.group_size, hp.max_len) == (c.rl.group_size, c.rl.max_new_tokens)
+  c.loss.group_size = c.rl.group_size + 1
+  with pytest.raises(ValueError, match=r"loss.group_size=5 differs from"):
+    rl_trainer.loss_config(c, SPEC)
