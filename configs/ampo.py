@@ -14,6 +14,7 @@ on injected tokens, Σ/(N·L_max), entropy bonus 0.001, no reference.
 import os
 
 from w2s_jax import config_lib
+from w2s_jax.methods import ampo
 
 
 def get_config(arg=None):
@@ -26,12 +27,8 @@ def get_config(arg=None):
   c.rl.std_normalize = False
   c.rl.ampo_styles = "terse,postfix,running"
   c.rl.ampo_max_teachers = 2
-  c.loss.agg = "seq-mean-token-sum-norm"
-  c.loss.epsilon_low = c.loss.epsilon_high = 0.2
-  c.loss.dual_clip = 10.0
-  c.loss.beta_ref = 0.0
-  c.loss.entropy_coef = 0.001
-  c.loss.off_policy_gamma = 0.1
+  # AMPO's loss and defaults: w2s_jax/methods/ampo.py.
+  c.loss = ampo.AMPOHparams().to_config()
   c.optim.weight_decay = 0.1
   return c
 

@@ -13,6 +13,7 @@ completions are student samples (T 0.9, no gradient), else the dataset's
 import os
 
 from w2s_jax import config_lib
+from w2s_jax.methods import gkd
 
 
 def get_config(arg=None):
@@ -24,14 +25,8 @@ def get_config(arg=None):
   c.rl.temperature = 0.9
   # TRL samples <= 128 new tokens; 64 fits the tiny presets (max_len 128).
   c.rl.max_new_tokens = 64 if not a.runlocal else 16
-  c.loss.lambda_on_policy = 0.5
-  c.loss.divergence = "jsd"
-  c.loss.beta = 0.5
-  c.loss.temperature = 1.0
-  c.loss.tau_sq = False
-  c.loss.mask_mode = "completion"
-  c.loss.chunked = True
-  c.loss.beta_ref = 0.0
+  # GKD's loss and defaults: w2s_jax/methods/gkd.py.
+  c.loss = gkd.GKDHparams().to_config()
   c.teacher = config_lib.model_section(seed=1, d_model=96, num_layers=3)
   c.optim.lr = 1e-5 if not a.runlocal else 1e-3
   if a.traces:

@@ -20,8 +20,9 @@ lr 1e-6 (METHODS); the CPU sizes use a larger lr.
 import ml_collections
 
 from w2s_jax import config_lib
+from w2s_jax.methods import grpo
 
-VARIANTS = ("grpo", "drgrpo", "dapo")
+VARIANTS = tuple(grpo.VARIANTS)
 
 
 def rl_section(**overrides) -> ml_collections.ConfigDict:
@@ -76,30 +77,12 @@ def get_config(arg=None):
   c.optim.lr = 1e-6
   c.optim.schedule = "constant"
   c.optim.grad_clip = 1.0
-  c.loss.pg_temperature = 1.0
-  c.loss.kl_estimator = "k3"
-  c.loss.epsilon_low = 0.2
-  c.loss.epsilon_high = 0.2
-  c.loss.dual_clip = 3.0
-  c.loss.beta_ref = 0.04
-  c.loss.agg = "seq-mean-token-mean"
-  c.loss.max_len = (
-      0  # L_max of 'seq-mean-token-sum-norm'; 0 = rl.max_new_tokens
-  )
-  c.loss.kd = False
-  # Vocab-chunked scoring from hidden states (no [B, L, V] logits); False:
-  # the dense reference path.
-  c.loss.chunked = True
+  # The loss keys are the method's typed hparams (w2s_jax/methods/grpo.py,
+  # defaults written there); a variant is a preset of them.
+  c.loss = grpo.GRPOHparams(**grpo.VARIANTS[a.variant]).to_config()
   if a.variant == "drgrpo":
     c.rl.std_normalize = False
-    c.loss.agg = "seq-mean-token-sum-norm"
-    c.loss.beta_ref = 0.0
-    c.loss.dual_clip = 0.0
   elif a.variant == "dapo":
-    c.loss.epsilon_high = 0.28
-    c.loss.dual_clip = 10.0
-    c.loss.agg = "token-mean"
-    c.loss.beta_ref = 0.0
     c.rl.dynamic_sampling = True
     c.rl.overlong_buffer = 8
     c.rl.correct_reward, c.rl.wrong_reward = 1.0, -1.0

@@ -209,23 +209,6 @@ CHECKS: list[Check] = [
         lambda x: x in ("synthetic", "gsm8k", "math"),
         "one of 'synthetic', 'gsm8k', 'math'",
     ),
-    ("loss.epsilon_low", lambda x: 0 <= x < 1, "in [0, 1)"),
-    ("loss.epsilon_high", _nonneg, ">= 0"),
-    ("loss.dual_clip", lambda x: x == 0 or x > 1, "0 (off) or > 1"),
-    ("loss.beta_ref", _nonneg, ">= 0"),
-    ("loss.kl_estimator", lambda x: x in ("k1", "k2", "k3"), "k1, k2 or k3"),
-    ("loss.kd_estimator", lambda x: x in ("k1", "k2", "k3"), "k1, k2 or k3"),
-    (
-        "loss.kd_masking",
-        lambda x: x in ("none", "response", "group"),
-        "'none', 'response' or 'group'",
-    ),
-    ("loss.kd_beta_init", _nonneg, ">= 0"),
-    ("loss.kd_beta_min", _nonneg, ">= 0"),
-    ("loss.kd_beta_decay", _nonneg, ">= 0 (0 = constant beta)"),
-    ("loss.entropy_coef", _nonneg, ">= 0"),
-    ("loss.off_policy_gamma", _pos, "> 0"),
-    ("loss.pg_temperature", _pos, "> 0"),
 ]
 
 
@@ -296,7 +279,8 @@ def validate(
 
 
 def _validate_rl(cfg: ml_collections.ConfigDict) -> None:
-  """Cross-key checks of an RL config (ranges are in CHECKS)."""
+  """Cross-key checks of an RL config (ranges are in CHECKS; the loss's
+  are the method's Hparams.check, w2s_jax/methods/)."""
   g, std = _get(cfg, "rl.group_size"), _get(cfg, "rl.std_normalize")
   if std is True and g is not _MISSING and int(g) < 2:
     raise ValueError(
@@ -309,14 +293,6 @@ def _validate_rl(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"config value rl.overlong_buffer={buf} exceeds rl.max_new_tokens={t};"
         " fix it with --config.rl.overlong_buffer=<= max_new_tokens (0 = off)."
-    )
-  kd_min, kd_init = _get(cfg, "loss.kd_beta_min"), _get(
-      cfg, "loss.kd_beta_init"
-  )
-  if kd_min is not _MISSING and kd_init is not _MISSING and kd_min > kd_init:
-    raise ValueError(
-        f"config value loss.kd_beta_min={kd_min} exceeds loss.kd_beta_init="
-        f"{kd_init}; fix it with --config.loss.kd_beta_min=<= kd_beta_init."
     )
 
 

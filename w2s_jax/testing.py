@@ -134,3 +134,96 @@ def load_export(workdir: str) -> dict[str, np.ndarray]:
   for f in files:
     out.update(load_file(os.path.join(d, f)))
   return out
+
+
+def rl_batch(
+    group: int, prompts: int, prompt_len: int, new_tokens: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+  """A hand-made RL batch of ``group * prompts`` rows (vocab ids 4..23):
+  ragged left-padded prompts, ragged completions, binary rewards with
+  ``rewards [prompts, group]``, ``correct``, no injected rows, β_KD 0."""
+  from w2s_jax.rl import rollouts  # noqa: PLC0415
+
+  rng = np.random.default_rng(seed)
+  b = group * prompts
+  p_len = rng.integers(1, prompt_len + 1, size=b)
+  c_len = rng.integers(1, new_tokens + 1, size=b)
+  prompt = np.zeros((b, prompt_len), np.int32)
+  seg = np.zeros((b, prompt_len), np.int32)
+  for i, k in enumerate(p_len):
+    prompt[i, prompt_len - k :] = rng.integers(4, 24, size=k)
+    seg[i, prompt_len - k :] = 1
+  comp = rng.integers(4, 24, size=(b, new_tokens)).astype(np.int32)
+  batch = rollouts._assemble(prompt, seg, comp, c_len)  # noqa: SLF001
+  rewards = rng.integers(0, 2, size=(prompts, group)).astype(np.float32)
+  batch["rewards"] = rewards
+  batch["correct"] = rewards.reshape(b)
+  batch["off_policy"] = np.zeros(b, np.float32)
+  batch["kd_beta"] = np.zeros(b, np.float32)
+  return batch
+
+
+def np_token_logprobs(model, batch: dict[str, np.ndarray]) -> np.ndarray:
+  """[B, L-1] float64 log-probs of ``tokens[:, 1:]`` from the model's logits
+  (an independent reference for the scoring and the RL losses)."""
+  logits = np.asarray(
+      model(
+          jax.numpy.asarray(batch["tokens"]),
+          jax.numpy.asarray(batch["positions"]),
+          jax.numpy.asarray(batch["segment_ids"]),
+      ),
+      np.float64,
+  )[:, :-1]
+  z = logits - logits.max(-1, keepdims=True)
+  lp = z - np.log(np.exp(z).sum(-1))[..., None]
+  return np.take_along_axis(lp, batch["tokens"][:, 1:, None], -1)[..., 0]
+
+
+def method_loss_and_grads(
+    spec, model, batch, hp, frozen=None, norm_batch=None
+) -> tuple[Any, dict[str, Any], Any]:
+  """(loss, metrics, grads) of a method's loss on one micro-batch ``batch``
+  with the step-global normalisers of ``norm_batch`` (default: itself);
+  ``batch['rewards']`` is left out (host only)."""
+  from flax import nnx  # noqa: PLC0415
+
+  def device(b):
+    return {k: jax.numpy.asarray(v) for k, v in b.items() if k != "rewards"}
+
+  graphdef, state = nnx.split(model)
+  mb = device(batch)
+  nb = mb if norm_batch is None else device(norm_batch)
+  norms = spec.normalizers(jax.tree.map(lambda x: x[None], nb), hp)
+
+  def f(s):
+    return spec.loss(nnx.merge(graphdef, s), frozen or {}, mb, norms, hp)
+
+  (loss, metrics), g = jax.value_and_grad(f, has_aux=True)(state)
+  return loss, metrics, g
+
+
+def flat(tree: Any) -> np.ndarray:
+  """Every leaf of ``tree`` raveled into one vector."""
+  return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def rl_model(seed: int = 0, d: int = 32, layers: int = 1):
+  """A tiny random tiny-qwen2 (vocab 24) for the RL loss tests."""
+  from w2s_jax.models import config as model_config  # noqa: PLC0415
+  from w2s_jax.models import transformer  # noqa: PLC0415
+
+  cfg = model_config.get_config(
+      "tiny-qwen2", d_model=d, num_layers=layers, mlp_dim=64, vocab_size=24
+  )
+  return transformer.init_model(cfg, seed=seed)
+
+
+def np_group_advantages(
+    rewards_NG: np.ndarray, std: bool = True, eps: float = 1e-6
+) -> np.ndarray:
+  """[N, G] float64 group-relative advantages (docs/methods.md, "GRPO")."""
+  r = np.asarray(rewards_NG, np.float64)
+  a = r - r.mean(-1, keepdims=True)
+  if std:
+    a = a / (r.std(-1, ddof=1, keepdims=True) + eps)
+  return a

@@ -141,6 +141,7 @@ def memory(args) -> dict:
   import optax  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
 
+  from w2s_jax import methods  # noqa: PLC0415
   from w2s_jax.models import config as model_config  # noqa: PLC0415
   from w2s_jax.models import transformer  # noqa: PLC0415
   from w2s_jax.rl import (
@@ -172,8 +173,12 @@ def memory(args) -> dict:
   }
   out = {}
   for chunked in (False, True):
-    cfg = dict(chunked=chunked, chunk_size=96, group_size=8, max_len=length)
-    score = jax.jit(scoring.make_score_fn(s_def, {"teacher": t_def}, cfg))
+    cfg = dict(chunked=chunked, chunk_size=96)
+    score = jax.jit(
+        scoring.make_score_fn(
+            s_def, {"teacher": t_def}, scoring.ScoringHparams(**cfg)
+        )
+    )
     mem = {
         "score": (
             score.lower(s_state, {"teacher": t_state}, batch)
@@ -183,12 +188,17 @@ def memory(args) -> dict:
     }
     for method in ("grpo", "kdrl"):
       tx = optax.adam(1e-6)
+      m = methods.get(method)
+      hp = dict(cfg, max_len=length, agg="token-mean", dual_clip=0.0)
+      hp.update(beta_ref=0.0)
+      if "group_size" in m.hparams.keys():  # KDRL group masking
+        hp["group_size"] = 8
       spec = steps.StepSpec(
-          method=scoring.get_method(method),
+          method=m,
           student_graphdef=s_def,
           frozen_graphdefs={},
           tx=tx,
-          loss_cfg=dict(cfg, kd=method == "kdrl"),
+          loss_cfg=m.hparams(**hp),
       )
       state = {
           "params": s_state,

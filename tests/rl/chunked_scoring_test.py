@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from w2s_jax import methods
 from w2s_jax.models import config as model_config
 from w2s_jax.models import transformer
 from w2s_jax.rl import rollouts, scoring
@@ -49,7 +50,9 @@ def _batch(student, seed=0):
   batch["off_policy"] = np.array([0, 1, 0, 0, 0, 0, 1, 0], np.float32)
   batch["kd_beta"] = np.full(B, 0.5, np.float32)
   dev = {k: jnp.asarray(v) for k, v in batch.items()}
-  lp = scoring.token_logprobs(student, dev, {"chunked": False})
+  lp = scoring.token_logprobs(
+      student, dev, scoring.ScoringHparams(chunked=False)
+  )
   noise = rng.normal(0, 0.3, size=(3,) + lp.shape).astype(np.float32)
   batch["old_logprobs"] = np.asarray(lp) + noise[0]
   batch["ref_logprobs"] = np.asarray(lp) + noise[1]
@@ -71,7 +74,7 @@ CASES = {
         "grpo",
         dict(agg="seq-mean-token-sum-norm", dual_clip=0.0, tis=True),
     ),
-    "kdrl": ("kdrl", dict(kd=True, kd_estimator="k2", kd_masking="none")),
+    "kdrl": ("kdrl", dict(kd_estimator="k2", kd_masking="none")),
     "ampo": (
         "ampo",
         dict(agg="seq-mean-token-sum-norm", entropy_coef=0.1, dual_clip=10.0),
@@ -81,9 +84,11 @@ CASES = {
 
 
 def _loss_and_grads(method, student, teacher, batch, cfg):
-  m = scoring.get_method(method)
+  m = methods.get(method)
   if not cfg.pop("tis", False):
     batch = {k: v for k, v in batch.items() if k != "tis_weight"}
+  # The method's typed hparams from the keys it has.
+  cfg = m.hparams(**{k: v for k, v in cfg.items() if k in m.hparams.keys()})
   graphdef, state = nnx.split(student)
   norms = m.normalizers(jax.tree.map(lambda x: x[None], batch), cfg)
 
@@ -101,9 +106,13 @@ def test_chunked_equals_dense_values_and_gradients(case):
   method, extra = CASES[case]
   student, teacher = _model(0), _model(1, d=48, layers=1)
   batch = _batch(student)
+  # The loss adapters' former defaults (dual clip and β_ref off,
+  # token-mean), then the case's own values.
   base = dict(
-      group_size=G, max_len=T, epsilon_low=0.2, chunk_size=CHUNK, **extra
-  )
+      group_size=G, max_len=T, epsilon_low=0.2, chunk_size=CHUNK,
+      dual_clip=0.0, beta_ref=0.0, agg="token-mean",
+  )  # fmt: skip
+  base.update(extra)
   lc, gc = _loss_and_grads(
       method, student, teacher, batch, dict(base, chunked=True)
   )
@@ -127,7 +136,9 @@ def test_chunked_scoring_equals_dense_scoring():
   batch = _batch(student)
   got = {}
   for chunked in (True, False):
-    cfg = {"chunked": chunked, "chunk_size": CHUNK, "pg_temperature": 0.8}
+    cfg = scoring.ScoringHparams(
+        chunked=chunked, chunk_size=CHUNK, pg_temperature=0.8
+    )
     score = jax.jit(scoring.make_score_fn(sg, {"teacher": tg, "ref": sg}, cfg))
     got[chunked], _ = score(ss, {"teacher": ts, "ref": ss}, batch)
   mask = np.asarray(batch["completion_mask"][:, 1:]) != 0

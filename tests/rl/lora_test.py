@@ -15,7 +15,8 @@ import optax
 import pytest
 from flax import nnx
 
-from w2s_jax import config_lib, main, sharding, testing
+from w2s_jax import config_lib, main, methods, sharding, testing
+from w2s_jax.methods import grpo
 from w2s_jax.models import config as model_config
 from w2s_jax.models import hf_io, transformer
 from w2s_jax.rl import learner, rollouts, scoring
@@ -50,7 +51,9 @@ def test_zero_b_policy_is_the_full_model_and_the_base_never_changes():
   base_before = jax.tree.map(np.array, base)
   adapters = lora.init_lora(base, RANK, jax.random.key(1))
   policy = learner._policy_fn(RANK, ALPHA)  # noqa: SLF001
-  cfg = dict(group_size=G, max_len=T, beta_ref=0.04, agg="token-mean")
+  cfg = grpo.GRPOHparams(
+      max_len=T, beta_ref=0.04, agg="token-mean", dual_clip=0.0
+  )
   score = jax.jit(scoring.make_score_fn(graphdef, {"ref": graphdef}, cfg))
   batch = _batch()
   merged = policy({"params": adapters}, {"base": base})
@@ -61,7 +64,7 @@ def test_zero_b_policy_is_the_full_model_and_the_base_never_changes():
   batch.update(got)
   tx = optax.adam(1e-2)
   spec = steps.StepSpec(
-      method=scoring.get_method("grpo"),
+      method=methods.get("grpo"),
       student_graphdef=graphdef,
       frozen_graphdefs={},
       tx=tx,

@@ -39,7 +39,7 @@ def _lp_batch(seed=0):
 def test_equal_logprobs_give_weight_exactly_one_and_the_same_loss():
   batch, old = _lp_batch()
   batch["sample_logprobs"] = jnp.asarray(old)
-  w, m = scoring.sampler_mismatch(jnp.asarray(old), batch, {"tis_cap": 2.0})
+  w, m = scoring.sampler_mismatch(jnp.asarray(old), batch, 2.0)
   assert np.all(np.asarray(w) == 1.0)
   assert float(m["tis/logprob_abs_diff"]) == 0.0
   assert float(m["tis/capped_frac"]) == 0.0
@@ -60,7 +60,7 @@ def test_weights_and_metrics_match_numpy():
   rng = np.random.default_rng(2)
   sample = old + rng.normal(0, 1.0, old.shape).astype(np.float32)
   batch["sample_logprobs"] = jnp.asarray(sample)
-  w, m = scoring.sampler_mismatch(jnp.asarray(old), batch, {"tis_cap": 1.5})
+  w, m = scoring.sampler_mismatch(jnp.asarray(old), batch, 1.5)
   keep = (np.asarray(batch["completion_mask"])[:, 1:] != 0) & (
       np.asarray(batch["off_policy"])[:, None] == 0
   )
@@ -74,7 +74,7 @@ def test_weights_and_metrics_match_numpy():
   assert 0 < capped < 1
   np.testing.assert_allclose(m["tis/capped_frac"], capped, rtol=1e-6)
   # Off: no weights, the mismatch is still measured.
-  w0, m0 = scoring.sampler_mismatch(jnp.asarray(old), batch, {})
+  w0, m0 = scoring.sampler_mismatch(jnp.asarray(old), batch)
   assert w0 is None and set(m0) == {"tis/logprob_abs_diff"}
   # The weights multiply the policy term per token (A > 0, ρ = 1, no clip).
   mask = batch["completion_mask"][:, 1:]
@@ -115,7 +115,9 @@ def _mismatch(setup, sample_dtype, cap=2.0):
   )
   batch, _, _ = roller.policy_batch(params, 0, jax.random.key(0))
   dev = {k: jnp.asarray(v) for k, v in batch.items()}
-  score = jax.jit(scoring.make_score_fn(graphdef, {}, {"tis_cap": cap}))
+  score = jax.jit(
+      scoring.make_score_fn(graphdef, {}, scoring.ScoringHparams(), tis_cap=cap)
+  )
   out, m = score(params, {}, dev)
   mask = np.asarray(batch["completion_mask"][:, 1:]) != 0
   assert mask.sum() > 0

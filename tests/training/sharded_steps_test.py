@@ -21,7 +21,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from w2s_jax import models, sharding
+from w2s_jax import methods, models, sharding
 from w2s_jax.rl import scoring
 from w2s_jax.training import optim, steps
 
@@ -32,9 +32,15 @@ LR = 1e-3
 LOSS_CFG = {
     "sft": {"chunk_size": 16},
     "distill": {"divergence": "jsd", "temperature": 2.0, "chunk_size": 16},
-    "grpo": {"agg": "token-mean", "epsilon_low": 0.2, "epsilon_high": 0.28},
+    "grpo": {
+        "agg": "token-mean",
+        "epsilon_low": 0.2,
+        "epsilon_high": 0.28,
+        "dual_clip": 0.0,
+        "beta_ref": 0.0,
+    },
     "kdrl": {
-        "kd": True,
+        "dual_clip": 0.0,
         "kd_estimator": "k2",
         "kd_masking": "group",
         "group_size": G,
@@ -153,8 +159,10 @@ def _setup(student, teacher, method):
   )
   cfg = LOSS_CFG[method]
   rng = np.random.default_rng(sorted(LOSS_CFG).index(method))
-  if method in scoring.RL_METHODS:
-    m, batch = scoring.RL_METHODS[method], _rl_batch(rng, student, teacher, cfg)
+  if method in methods.names("rl"):
+    m = methods.get(method)
+    cfg = m.hp(cfg)
+    batch = _rl_batch(rng, student, teacher, cfg)
   else:
     m, batch = steps.METHODS[method], _rows(rng)
   frozen_defs = {"teacher": t_def} if "teacher" in m.frozen else {}

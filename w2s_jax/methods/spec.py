@@ -172,6 +172,17 @@ class MethodSpec:
   metrics: tuple[str, ...] = ()
   paper: str = ""
   doc: str = ""
+  # RL only: how the step's sequences are made (``ROLLOUT_KINDS``):
+  # 'student' (G samples per prompt, graded, group-relative advantages),
+  # 'guided' (the same, with stored teacher solutions injected into groups
+  # that all fail: AMPO) or 'mixed' (one sequence per prompt: student samples
+  # with probability ``hp.lambda_on_policy``, else the data's completions;
+  # ungraded: GKD).
+  rollouts: str = ""
+  # RL only: ``(hp, step, rows) -> {key: [rows] array}``, per-step values
+  # the loss reads from the batch (KDRL's β_t), so that a schedule needs
+  # neither a recompile nor the step counter inside the loss.
+  step_arrays: Callable[[Any, int, int], dict[str, Any]] | None = None
 
   def __post_init__(self):
     if self.data not in DATA_KINDS:
@@ -185,3 +196,7 @@ class MethodSpec:
 
   def score_models(self, hp: Hparams) -> tuple[str, ...]:
     return tuple(self.scores(hp)) if self.scores is not None else ()
+
+
+# MethodSpec.rollouts of an RL method.
+ROLLOUT_KINDS = ("student", "guided", "mixed")

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2s_jax import config_lib, losses, sharding
+from w2s_jax import config_lib, methods, sharding
 from w2s_jax.rl import graders, multiprocess, rollouts, scoring
 from w2s_jax.rl import problems as rl_problems
 from w2s_jax.training import (
@@ -57,32 +57,41 @@ log = logging.getLogger(__name__)
 def rollout_config(config: Any) -> rollouts.RolloutConfig:
   """``config.rl`` (+ data.style, seed) as a ``RolloutConfig``."""
   rl = config.rl
+  spec = methods.get(str(config.method), job="rl")
   fields = {f for f in rollouts.RolloutConfig.__dataclass_fields__}
   kw = {k: rl[k] for k in rl.keys() if k in fields}
   kw["style"] = str(config.data.get("style", "terse"))
   kw["seed"] = int(config.seed)
-  kw["ampo"] = config.method == "ampo"
+  kw["ampo"] = spec.rollouts == "guided"
   kw["sample_dtype"] = str(rl.get("sample_dtype", "") or "")
   # π_sample must be the sampler's log-prob at the temperature the losses
   # score with: raw (T 1) or the sampled distribution (T, no top-p); other
   # settings record none (no mismatch metric; TIS refused in _check_config).
-  tau = float(config.loss.get("pg_temperature", 1.0))
+  tau = float(spec.hp(config.loss).pg_temperature)
   same = tau == float(rl.temperature) and float(rl.top_p) == 1.0
   kw["sampler_logprobs"] = "raw" if tau == 1.0 else "sampling" if same else ""
   return rollouts.RolloutConfig(**kw)
 
 
-def loss_config(config: Any) -> dict[str, Any]:
-  """``config.loss`` plus the RL facts the losses need (G, L_max, KD)."""
-  cfg = dict(config.loss.to_dict())
-  cfg["group_size"] = int(config.rl.group_size)
-  cfg.setdefault("max_len", int(config.rl.max_new_tokens))
-  if not cfg["max_len"]:
-    cfg["max_len"] = int(config.rl.max_new_tokens)
-  if config.method == "kdrl":
-    cfg["kd"] = True
-  cfg["tis_cap"] = float(config.rl.get("tis_cap", 0.0) or 0.0)
-  return cfg
+# Hyperparameters whose 0 means "this fact of the run" (when the method has
+# them): L_max = the generation budget, G = the group size.
+_RUN_FACTS = {"max_len": "max_new_tokens", "group_size": "group_size"}
+
+
+def loss_config(config: Any, spec: methods.MethodSpec) -> methods.Hparams:
+  """The method's checked hyperparameters, with the RL facts filled in."""
+  hp = spec.hp(config.loss)
+  fill = {}
+  for key, rl_key in _RUN_FACTS.items():
+    if key in hp.keys():
+      run = int(config.rl[rl_key])
+      if getattr(hp, key) and getattr(hp, key) != run and key == "group_size":
+        raise ValueError(
+            f"config value loss.group_size={hp.group_size} differs from"
+            f" rl.group_size={run}; set --config.loss.group_size=0 (= G)."
+        )
+      fill[key] = getattr(hp, key) or run
+  return hp.replace(**fill)
 
 
 SAMPLE_DTYPES = ("", "float32", "bfloat16", "float16")
@@ -90,7 +99,9 @@ SAMPLE_DTYPES = ("", "float32", "bfloat16", "float16")
 
 def _check_config(config: Any) -> None:
   """Cross-key checks of an RL job, before anything is built or written."""
-  rl, lcfg = config.rl, config.loss
+  rl = config.rl
+  spec = methods.get(str(config.method), job="rl")
+  hp = loss_config(config, spec)
   cap = float(rl.get("tis_cap", 0.0) or 0.0)
   if cap and cap <= 1.0:
     raise ValueError(
@@ -105,12 +116,12 @@ def _check_config(config: Any) -> None:
         f" {SAMPLE_DTYPES} ('' = the policy's own weights); fix it with"
         " --config.rl.sample_dtype=bfloat16"
     )
-  if cap and config.method not in scoring.POLICY_METHODS:
+  if cap and not spec.policy_gradient:
     raise ValueError(
         "rl.tis_cap weights a policy-gradient loss; method"
         f" {config.method!r} has none. Set --config.rl.tis_cap=0."
     )
-  tau = float(lcfg.get("pg_temperature", 1.0))
+  tau = float(hp.pg_temperature)
   if cap and tau != 1.0:
     if tau != float(rl.temperature) or float(rl.top_p) != 1.0:
       raise ValueError(
@@ -186,7 +197,6 @@ def _build_models(config, method, need, mesh, workdir):
   """
   tokenizer = inputs.load_tokenizer(config.data.tokenizer, workdir)
   teacher = "teacher" in need or "teacher" in method.frozen
-  teacher = teacher or config.method == "kdrl"
   if teacher:  # checked before any model is built: fails in seconds
     pairing.check_tokenizers(config, tokenizer, ("teacher",), workdir)
   student = trainer.build_model(config.student, tokenizer, mesh)
@@ -205,9 +215,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
   method_name = str(config.method)
-  method = scoring.get_method(method_name)
-  loss_cfg = loss_config(config)
-  need = scoring.score_needs(method_name, loss_cfg)
+  method = methods.get(method_name, job="rl")
+  loss_cfg = loss_config(config, method)
+  need = method.score_models(loss_cfg)
   total = int(config.train.steps)
   updates = int(config.rl.updates_per_rollout)
   mesh = sharding.make_mesh(tuple(config.get("mesh_shape", (-1, 1, 1))))
@@ -231,14 +241,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     widths = {"student": student.cfg.vocab_size}
     widths["teacher"] = others["teacher"].cfg.vocab_size
     shared = pairing.shared_vocab(config, tokenizer, widths)
-    loss_cfg["vocab_size"] = shared or loss_cfg.get("vocab_size", 0)
+    loss_cfg = loss_cfg.replace(vocab_size=shared or loss_cfg.vocab_size)
   with jax.set_mesh(mesh):
     frozen: dict[str, Any] = {}
     graphdefs: dict[str, Any] = {}
     for name, model in others.items():
       graphdefs[name], frozen[name] = nnx.split(model)
     s_graphdef, s_state = nnx.split(student)
-    vocab = int(loss_cfg.get("vocab_size") or 0) or None
+    vocab = int(loss_cfg.vocab_size) or None
     rank = _lora_rank(config)
     alpha = float(config.get("lora", {}).get("alpha", 16.0))
     trainable = s_state
@@ -302,7 +312,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         donate_argnums=(0,),
     )
     score_frozen = {k: frozen[k] for k in need}
-    score_fn = jax.jit(scoring.make_score_fn(s_graphdef, graphdefs, loss_cfg))
+    score_fn = jax.jit(
+        scoring.make_score_fn(
+            s_graphdef,
+            graphdefs,
+            loss_cfg,
+            tis_cap=float(config.rl.get("tis_cap", 0.0) or 0.0),
+        )
+    )
     student_lp = jax.jit(
         lambda p, b: scoring.token_logprobs(
             nnx.merge(s_graphdef, p), b, loss_cfg
@@ -327,8 +344,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         score_frozen, mesh, base_key, rng, start,
     )  # fmt: skip
     host_loop.policy = lambda ts: policy(ts, frozen)
+    host_loop.method_spec, host_loop.hp = method, loss_cfg
     try:
-      if method_name != "gkd":  # GKD grades nothing
+      if method.rollouts != "mixed":  # mixed rollouts (GKD) are ungraded
         # Started once the Roller has checked rl.reward and rl.reward_fn.
         roller.pool = multiprocess.agree(
             lambda: graders.make_reward_pool(
@@ -368,7 +386,8 @@ class _Loop:
     # in, so a resumed run draws exactly the samples of an uninterrupted one.
     self.mesh, self.base_key, self.rng = mesh, base_key, rng
     self.method = str(config.method)
-    self.lcfg = config.loss
+    # The method's spec and its run-resolved hparams (train_and_evaluate).
+    self.method_spec, self.hp = None, None
     self.updates = int(config.rl.updates_per_rollout)
     self.writer = metrics.MetricWriter(
         workdir,
@@ -381,35 +400,26 @@ class _Loop:
     self.done = 0
     self.policy = lambda train_state: train_state["params"]
 
-  def _kd_beta(self, step: int) -> float:
-    c = self.lcfg
-    return float(
-        losses.kdrl_beta(
-            step,
-            beta_init=float(c.get("kd_beta_init", 5e-3)),
-            beta_min=float(c.get("kd_beta_min", 1e-3)),
-            decay=float(c.get("kd_beta_decay", 5e-5)),
-        )
-    )
-
   def one_step(self, train_state, step: int):
     """Rollouts, scoring and updates of RL step ``step``."""
     t0 = time.perf_counter()
     key = jax.random.fold_in(self.base_key, step)
     params = self.policy(train_state)
-    if self.method == "gkd":
+    spec, hp = self.method_spec, self.hp
+    mixed = spec.rollouts == "mixed"
+    if mixed:
       batch, host, phase = self.roller.gkd_batch(
-          params, step, key, float(self.lcfg.get("lambda_on_policy", 0.5))
+          params, step, key, float(hp.lambda_on_policy)
       )
     else:
       batch, host, phase = self.roller.policy_batch(params, step, key)
-      batch["kd_beta"] = np.full(
-          batch["advantages"].shape, self._kd_beta(step), np.float32
-      )
+    if spec.step_arrays is not None:
+      rows = len(batch["tokens"])
+      batch.update(spec.step_arrays(hp, step, rows))
     t1 = time.perf_counter()
     dev = self._flat(batch)
     score_m = {}
-    if self.method != "gkd":
+    if not mixed:
       # The scored log-probs stay on device and join the batch as they are:
       # no host round trip between scoring and the updates.
       scored, score_m = jax.block_until_ready(

@@ -104,18 +104,19 @@ def _read_jsonl_problems(path: str) -> list[dict[str, Any]]:
 def build_problems(method: str, data: Any, rl: Any, tokenizer) -> list[Problem]:
   """The RL prompts (and stored solutions) of a config.
 
-  GKD: ``inputs.sft_examples`` (synthetic gold traces in ``data.style`` or a
-  jsonl traces file), the completion being the off-policy data. Policy
-  methods: synthetic problems (solutions = gold traces in ``data.style`` and
+  Methods with 'mixed' rollouts (GKD): ``inputs.sft_examples`` (synthetic
+  gold traces in ``data.style`` or a jsonl traces file), the completion
+  being the off-policy data. Policy methods: synthetic problems (solutions = gold traces in ``data.style`` and
   ``rl.ampo_styles``, AMPO's teachers), or ``data.source='jsonl'`` problems
   ``{question, answer[, solution | solutions]}`` graded by ``rl.task``.
   """
   # Imported here: ``inputs`` imports JAX, which this module must not.
+  from w2s_jax import methods  # noqa: PLC0415
   from w2s_jax.data import formatting  # noqa: PLC0415
   from w2s_jax.training import inputs  # noqa: PLC0415
 
   fmt = formatting.get_format(str(data.get("prompt_format", "raw")))
-  if method == "gkd":
+  if methods.get(method, job="rl").rollouts == "mixed":
     return [
         Problem(
             prompt_ids=np.asarray(ex["prompt_ids"], np.int32),

@@ -52,6 +52,7 @@ import time
 import traceback
 from typing import Any
 
+from w2s_jax import methods
 from w2s_jax.study import report
 from w2s_jax.study import stages as st
 
@@ -440,10 +441,11 @@ class _Seed:
         "rl__max_new_tokens": int(rl.max_new_tokens),
         # In-process grading: no deadlines that depend on machine load.
         "rl__reward_workers": 0,
-        "loss__beta_ref": float(rl.beta_ref),
         **reward,
         **keys,
     }
+    if "beta_ref" in methods.get(cfg_name).hparams.keys():  # not GKD's
+      keys.setdefault("loss__beta_ref", float(rl.beta_ref))
     try:
       out = self._train(
           mid,
