@@ -298,15 +298,22 @@ def test_kdrl_group_masking_activates_iff_group_all_wrong():
   assert np.asarray(losses.kd_keep_mask(None, "none", batch=12)).all()
 
 
+# KDRL's schedule (arXiv 2506.02208): 5e-3 annealed by 5e-5 per step to 1e-3.
+PAPER_BETA = dict(beta_init=5e-3, beta_min=1e-3, decay=5e-5)
+
+
 def test_kdrl_beta_schedule_and_traced_beta():
-  got = [float(losses.kdrl_beta(t)) for t in (0, 40, 80, 200)]
+  got = [float(losses.kdrl_beta(t, **PAPER_BETA)) for t in (0, 40, 80, 200)]
   np.testing.assert_allclose(got, [5e-3, 3e-3, 1e-3, 1e-3], rtol=1e-6)
-  assert float(losses.kdrl_beta(500, decay=0.0)) == pytest.approx(5e-3)
+  const = {**PAPER_BETA, "decay": 0.0}
+  assert float(losses.kdrl_beta(500, **const)) == pytest.approx(5e-3)
   tok_lp, _, ref, adv, mask = _batch(seed=11)
 
   @jax.jit
   def step(t):
-    return losses.kdrl_loss(tok_lp, ref, adv, mask, beta=losses.kdrl_beta(t))
+    return losses.kdrl_loss(
+        tok_lp, ref, adv, mask, beta=losses.kdrl_beta(t, **PAPER_BETA)
+    )
 
   v, m = step(jnp.asarray(40))
   np.testing.assert_allclose(float(m["kdrl/beta"]), 3e-3, rtol=1e-6)

@@ -308,11 +308,15 @@ def ampo_loss(
 def kdrl_beta(
     step: jax.Array | int,
     *,
-    beta_init: float = 5e-3,
-    beta_min: float = 1e-3,
-    decay: float = 5e-5,
+    beta_init: float,
+    beta_min: float,
+    decay: float,
 ) -> jax.Array:
-  """KDRL linear annealing β_t = max(β_init − δ·t, β_min); δ = 0: constant."""
+  """KDRL linear annealing β_t = max(β_init − δ·t, β_min); δ = 0: constant.
+
+  The method's defaults (the paper's 5e-3, 1e-3, 5e-5) are
+  ``methods.kdrl.KDRLHparams``'s, written once there.
+  """
   _static_check("beta_init", beta_init, lambda x: x >= 0, ">= 0")
   _static_check("beta_min", beta_min, lambda x: x >= 0, ">= 0")
   _static_check("decay", decay, lambda x: x >= 0, ">= 0")
