@@ -143,7 +143,7 @@ def memory(args) -> dict:
 
   from w2s_jax.models import config as model_config  # noqa: PLC0415
   from w2s_jax.models import transformer  # noqa: PLC0415
-  from w2s_jax.training import rl_steps, rl_trainer, steps  # noqa: PLC0415
+  from w2s_jax.training import rl_steps, steps  # noqa: PLC0415
 
   def abstract(preset, **kw):
     cfg = model_config.get_config(preset, num_layers=args.layers, **kw)
@@ -192,7 +192,7 @@ def memory(args) -> dict:
           "step": i32(),
       }
       fn = jax.jit(
-          rl_trainer._flat_step(steps.make_train_step(spec), 1),  # noqa: SLF001
+          steps.flat_step(steps.make_train_step(spec), 1),
           donate_argnums=(0,),
       )
       mem[f"update_{method}"] = (

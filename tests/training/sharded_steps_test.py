@@ -21,7 +21,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from w2s_jax import models, sharding
+from w2s_jax import methods, models, sharding
 from w2s_jax.training import optim, rl_steps, steps
 
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 2, 4), (2, 2, 2)]
@@ -157,7 +157,8 @@ def _setup(student, teacher, method):
         rng, student, teacher, cfg
     )
   else:
-    m, batch = steps.METHODS[method], _rows(rng)
+    m, batch = methods.get(method), _rows(rng)
+    cfg = m.hp(cfg)
   frozen_defs = {"teacher": t_def} if "teacher" in m.frozen else {}
   frozen = {"teacher": t_state} if "teacher" in m.frozen else {}
   spec = steps.StepSpec(

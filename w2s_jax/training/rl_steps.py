@@ -47,6 +47,7 @@ Legend: M micro-batches, B rows (prompts × G), L length, V vocab, G group.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +57,7 @@ from flax import nnx
 
 from w2s_jax import losses
 from w2s_jax.losses import chunked_logprobs
+from w2s_jax.methods import kd
 from w2s_jax.training import steps
 
 Batch = dict[str, jax.Array]
@@ -312,20 +314,34 @@ def gkd_loss(student, frozen, mb, norms, cfg):
         f"gkd needs loss.divergence='jsd', got {cfg.get('divergence')!r}; use"
         " configs/distill.py for other divergences."
     )
-  return steps.distill_loss(student, frozen, mb, norms, cfg)
+  keys = kd.DistillHparams.keys()
+  hp = kd.DistillHparams(**{k: cfg[k] for k in keys if k in cfg})
+  return kd.distill_loss(
+      student, frozen, mb, norms, hp.replace(divergence="jsd")
+  )
 
 
-RL_METHODS: dict[str, steps.Method] = {
-    "grpo": steps.Method("grpo", grpo_loss, rl_normalizers),
-    "kdrl": steps.Method("kdrl", grpo_loss, rl_normalizers),
-    "ampo": steps.Method("ampo", ampo_loss, rl_normalizers),
-    "gkd": steps.Method("gkd", gkd_loss, _gkd_norm, ("teacher",)),
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """An RL method's loss, normalisers and frozen models (``StepSpec.method``)."""
+
+  name: str
+  loss: Callable[..., Any]
+  normalizers: Callable[..., Any]
+  frozen: tuple[str, ...] = ()
+
+
+RL_METHODS: dict[str, Method] = {
+    "grpo": Method("grpo", grpo_loss, rl_normalizers),
+    "kdrl": Method("kdrl", grpo_loss, rl_normalizers),
+    "ampo": Method("ampo", ampo_loss, rl_normalizers),
+    "gkd": Method("gkd", gkd_loss, _gkd_norm, ("teacher",)),
 }
 # Methods whose batches are G rollouts per prompt with advantages.
 POLICY_METHODS = ("grpo", "kdrl", "ampo")
 
 
-def get_method(name: str) -> steps.Method:
+def get_method(name: str) -> Method:
   """The RL ``Method`` named by ``config.method``."""
   if name not in RL_METHODS:
     raise ValueError(
