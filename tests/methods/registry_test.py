@@ -145,3 +145,24 @@ def test_cli_out_of_range_hparam_exits_2_with_one_line(tmp_path):
       " --config.loss.beta=..."
   ], proc.stderr[-2000:]
   assert not os.path.exists(tmp_path / "w")
+
+
+def test_validating_a_config_starts_no_device():
+  """main validates before jax.distributed.initialize, which must come
+  before anything starts an XLA backend: importing the methods must not."""
+  code = (
+      "from jax._src import xla_bridge as xb\n"
+      "from w2s_jax import config_lib\n"
+      "config_lib.validate(config_lib.load('configs/ssb.py:runlocal'))\n"
+      "print(bool(xb._backends))\n"
+  )
+  proc = subprocess.run(
+      [sys.executable, "-c", code],
+      cwd=ROOT,
+      env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == "False", proc.stdout
