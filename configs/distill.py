@@ -26,6 +26,7 @@ Real models: --config.teacher.hf_path=/ckpt/Qwen2.5-1.5B \
 """
 
 from w2s_jax import config_lib
+from w2s_jax.methods import kd
 
 
 def get_config(arg=None):
@@ -41,16 +42,9 @@ def get_config(arg=None):
   c = config_lib.train_config("distill_cache" if a.topk_cache else "distill")
   if a.make_cache:
     c.job = "topk_cache"
-  c.loss.divergence = a.loss
-  c.loss.temperature = 1.0
-  c.loss.tau_sq = True
-  c.loss.beta = 0.5
-  c.loss.alpha = 0.1
-  c.loss.mask_mode = "completion"
-  c.loss.chunked = True
-  # Top-k comparison (cache, or the fused teacher with loss.topk = k > 0).
-  c.loss.topk = 0
-  c.loss.topk_mode = "tail_bucket"
+  # Defaults (temperature, tau_sq, beta, alpha, mask_mode, chunked, the top-k
+  # comparison: loss.topk, loss.topk_mode) are kd.DistillHparams'.
+  c.loss = kd.DistillHparams(divergence=a.loss).to_config()
   c.teacher = config_lib.model_section(seed=1, d_model=96, num_layers=3)
   c.data.topk_cache = a.topk_cache
   # The `topk_cache` job: k entries per position at the loss temperature.

@@ -3,6 +3,9 @@ LLM scale, lr 2e-7). The reference is the student's own starting point.
 
   python -m w2s_jax.main --config=configs/dpo.py:pairs=/tmp/p/pairs.jsonl \
       --config.student.hf_path=/tmp/sft/export --workdir=/tmp/dpo
+
+The method and its hyperparameters (defaults, bounds): ``DpoHparams`` in
+w2s_jax/methods/pairs.py; this file is ``redi.py`` with ``method=dpo``.
 """
 
 import importlib.util

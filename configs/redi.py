@@ -9,23 +9,25 @@ stage-1 SFT export.
 """
 
 from w2s_jax import config_lib
+from w2s_jax.methods import pairs
 
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, runlocal=False, pairs="", method="redi")
+  specs = {s.name: s for s in pairs.SPECS}
+  if a.method not in specs:
+    raise ValueError(
+        f"redi.py: method must be one of {sorted(specs)}, got {a.method!r}."
+    )
   c = config_lib.train_config(a.method)
+  # The method's hyperparameters and their defaults: pairs.<Method>Hparams.
+  c.loss = specs[a.method].hparams().to_config()
   c.data.source = "pairs_jsonl"
   c.data.path = a.pairs
   c.optim.lr = 1e-4
   c.optim.schedule = "linear"
   c.optim.warmup_frac = 0.1
   c.optim.weight_decay = 1e-4
-  c.loss.alpha = 0.8
-  if a.method == "dpo":
-    c.loss.beta = 0.1
-  if a.method == "simpo":
-    c.loss.beta = 2.0
-    c.loss.gamma = 1.0
   if a.runlocal:
     c.train.steps = 10
     c.train.batch_size = 8

@@ -13,11 +13,13 @@ Defaults follow METHODS §2 where they are scale-free (warmup 0.1, cosine).
 """
 
 from w2s_jax import config_lib
+from w2s_jax.methods import sft
 
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, runlocal=False, traces="", correct_only=False)
   c = config_lib.train_config("sft")
+  c.loss = sft.SftHparams().to_config()
   c.optim.warmup_frac = 0.1
   c.optim.lr = 1e-3
   if a.traces:

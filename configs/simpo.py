@@ -3,6 +3,9 @@ r"""SimPO: −log σ(β(s_w − s_l) − γ), reference-free (METHODS §4 baseli
 
   python -m w2s_jax.main --config=configs/simpo.py:pairs=/tmp/p/pairs.jsonl \
       --config.student.hf_path=/tmp/sft/export --workdir=/tmp/simpo
+
+The method and its hyperparameters (defaults, bounds): ``SimpoHparams`` in
+w2s_jax/methods/pairs.py; this file is ``redi.py`` with ``method=simpo``.
 """
 
 import importlib.util

@@ -23,6 +23,7 @@ documented deviation, METHODS §8); cache.k = V recovers them.
 """
 
 from w2s_jax import config_lib
+from w2s_jax.methods import ssb as ssb_method
 
 
 def get_config(arg=None):
@@ -73,13 +74,8 @@ def get_config(arg=None):
   c.data.topk_cache = f"{a.data_dir}/topk.array_record" if a.data_dir else ""
   c.data.prompt_format = "raw"  # the official code: no chat template
   c.data.max_len = 64 if synthetic else 8192
-  c.loss.divergence = "fkl"
-  c.loss.temperature = 2.0
-  c.loss.tau_sq = True
-  c.loss.lambda_kd = 1.0
-  c.loss.lambda_ce = 0.0
-  c.loss.topk_mode = "tail_bucket"
-  c.loss.chunked = True
+  # T = 2, λ_KD = 1, λ_CE = 0, FKL, tail bucket: ssb_method.SsbHparams.
+  c.loss = ssb_method.SsbHparams().to_config()
   c.lora.rank = 32
   c.lora.alpha = 32.0
   c.optim.lr = 2e-4

@@ -55,11 +55,17 @@ def test_override_keys_are_checked():
             -1e-3,
             r"optim.lr=-0.001 is invalid: it must be a learning rate >= 0",
         ),
-        ("loss.beta", 1.5, r"loss.beta=1.5 is invalid: it must be in \[0, 1\]"),
+        (
+            "loss.beta",
+            1.5,
+            r"loss.beta=1.5 is invalid for method 'distill': it must be in"
+            r" \[0, 1\]",
+        ),
         (
             "loss.temperature",
             0.0,
-            r"loss.temperature=0.0 is invalid: it must be > 0",
+            r"loss.temperature=0.0 is invalid for method 'distill': it must be"
+            r" > 0",
         ),
         ("train.batch_size", 0, r"train.batch_size=0 is invalid"),
     ],
@@ -78,7 +84,8 @@ def test_dpo_beta_must_be_positive_not_unit():
   config_lib.validate(cfg)
   cfg.loss.beta = -1.0
   with pytest.raises(
-      ValueError, match=r"loss.beta=-1.0 is invalid: it must be > 0"
+      ValueError,
+      match=r"loss.beta=-1.0 is invalid for method 'simpo': it must be > 0",
   ):
     config_lib.validate(cfg)
 

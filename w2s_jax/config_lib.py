@@ -252,12 +252,15 @@ _MISSING = object()
 def validate(
     cfg: ml_collections.ConfigDict, extra: Sequence[Check] = ()
 ) -> None:
-  """Range-checks every known key present in ``cfg``."""
+  """Range-checks every known key present in ``cfg``.
+
+  A config with a ``method`` has its ``loss`` section checked by the
+  method's typed hyperparameters (``w2s_jax.methods``): a key the method
+  lacks or a value out of its bound raises ``methods.HparamError`` naming
+  the method, the key and the bound.
+  """
+  _validate_method(cfg)
   checks = list(CHECKS)
-  if _get(cfg, "method") in ("dpo", "simpo"):
-    checks.append(("loss.beta", _pos, "> 0 (the preference temperature)"))
-  else:  # JSD's mixture weight
-    checks.append(("loss.beta", _in01, "in [0, 1]"))
   if _get(cfg, "job") == "rl":
     _validate_rl(cfg)
   if _get(cfg, "job") == "rsd":
@@ -276,6 +279,19 @@ def validate(
           f"config value {key}={value!r} is invalid: it must be {what}; fix it"
           f" with --config.{key}=..."
       )
+
+
+def _validate_method(cfg: ml_collections.ConfigDict) -> None:
+  """``methods.get(cfg.method).hp(cfg.loss)``: the method's own checks."""
+  name = _get(cfg, "method")
+  if name is _MISSING or name is None:
+    return
+  from w2s_jax import methods  # noqa: PLC0415  (imports jax)
+
+  if str(name) not in methods.names():
+    return  # not a registered method: the job itself names the choices
+  loss = _get(cfg, "loss")
+  methods.get(str(name)).hp(None if loss is _MISSING else loss)
 
 
 def _validate_rl(cfg: ml_collections.ConfigDict) -> None:

@@ -47,6 +47,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from w2s_jax import methods  # noqa: E402
 from w2s_jax.decoding import generation  # noqa: E402
 from w2s_jax.models import attention as attention_lib  # noqa: E402
 from w2s_jax.models import config as config_lib  # noqa: E402
@@ -239,7 +240,9 @@ def _sft_batch(b, t, vocab):
 def _sft_step(cfg):
   graphdef, state = nnx.split(transformer.abstract_model(cfg))
   tx, _ = optim.make_optimizer(1e-4, 100, schedule="constant")
-  spec = steps.StepSpec(steps.get_method("sft"), graphdef, {}, tx, {})
+  spec = steps.StepSpec(
+      methods.get("sft"), graphdef, {}, tx, methods.get("sft").hp({})
+  )
   return jax.jit(steps.make_train_step(spec), donate_argnums=(0,)), tx, state
 
 
@@ -419,7 +422,11 @@ def distill(sz):
     s_def, s_state = nnx.split(transformer.init_model(s_cfg, seed=0))
     loss_cfg = {"divergence": "fkl", "chunked": variant == "chunked"}
     spec = steps.StepSpec(
-        steps.get_method("distill"), s_def, {"teacher": t_def}, tx, loss_cfg
+        methods.get("distill"),
+        s_def,
+        {"teacher": t_def},
+        tx,
+        methods.get("distill").hp(loss_cfg),
     )
     step = jax.jit(steps.make_train_step(spec), donate_argnums=(0,))
     ts = {"params": s_state, "opt": tx.init(s_state), "step": jnp.int32(0)}

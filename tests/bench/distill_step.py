@@ -53,7 +53,7 @@ def run_variant(args) -> dict:
   import numpy as np  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
 
-  from w2s_jax import models  # noqa: PLC0415
+  from w2s_jax import methods, models  # noqa: PLC0415
   from w2s_jax.training import optim, steps  # noqa: PLC0415
 
   s_cfg = _model_cfg(args.student_d, args.layers, 8, args.vocab, args.seq)
@@ -68,7 +68,11 @@ def run_variant(args) -> dict:
       "chunk_size": args.chunk_size,
   }
   spec = steps.StepSpec(
-      steps.get_method("distill"), s_def, {"teacher": t_def}, tx, loss_cfg
+      methods.get("distill"),
+      s_def,
+      {"teacher": t_def},
+      tx,
+      methods.get("distill").hp(loss_cfg),
   )
   step = jax.jit(steps.make_train_step(spec), donate_argnums=(0,))
   rng = np.random.RandomState(0)

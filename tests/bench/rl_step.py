@@ -144,10 +144,7 @@ def memory(args) -> dict:
   from w2s_jax import methods  # noqa: PLC0415
   from w2s_jax.models import config as model_config  # noqa: PLC0415
   from w2s_jax.models import transformer  # noqa: PLC0415
-  from w2s_jax.rl import (
-      learner,  # noqa: PLC0415
-      scoring,  # noqa: PLC0415
-  )
+  from w2s_jax.rl import scoring  # noqa: PLC0415
   from w2s_jax.training import steps  # noqa: PLC0415
 
   def abstract(preset, **kw):
@@ -206,7 +203,7 @@ def memory(args) -> dict:
           "step": i32(),
       }
       fn = jax.jit(
-          learner._flat_step(steps.make_train_step(spec), 1),  # noqa: SLF001
+          steps.flat_step(steps.make_train_step(spec), 1),
           donate_argnums=(0,),
       )
       mem[f"update_{method}"] = (

@@ -24,7 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from w2s_jax import models  # noqa: E402
+from w2s_jax import methods, models  # noqa: E402
 from w2s_jax.training import optim, steps  # noqa: E402
 
 
@@ -81,7 +81,11 @@ def main():
   graphdef, state = nnx.split(model)
   tx, _ = optim.make_optimizer(1e-4, 100, schedule="constant")
   spec = steps.StepSpec(
-      steps.get_method("sft"), graphdef, {}, tx, {"chunk_size": 256}
+      methods.get("sft"),
+      graphdef,
+      {},
+      tx,
+      methods.get("sft").hp({"chunk_size": 256}),
   )
   step = jax.jit(steps.make_train_step(spec), donate_argnums=(0,))
   batch = {

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from w2s_jax import config_lib, methods, testing
-from w2s_jax.methods import gkd
-from w2s_jax.training import steps
+from w2s_jax.methods import gkd, kd
 
 ROOT = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,8 +41,8 @@ def test_gkd_loss_is_the_token_mean_jsd_to_the_fused_teacher():
   assert float(norms["tokens"]) == mask.sum()
   # The same number as the offline KD loss with these options.
   opts = dict(divergence="jsd", beta=0.3, tau_sq=False, chunked=False)
-  model_loss, _ = steps.distill_loss(
-      student, {"teacher": teacher}, batch, norms, opts
+  model_loss, _ = kd.distill_loss(
+      student, {"teacher": teacher}, batch, norms, kd.DistillHparams(**opts)
   )
   np.testing.assert_allclose(float(model_loss), float(loss), rtol=1e-6)
 

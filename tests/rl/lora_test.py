@@ -73,7 +73,7 @@ def test_zero_b_policy_is_the_full_model_and_the_base_never_changes():
       lora_alpha=ALPHA,
   )
   step = jax.jit(
-      learner._flat_step(steps.make_train_step(spec), 2),  # noqa: SLF001
+      steps.flat_step(steps.make_train_step(spec), 2),
       donate_argnums=(0,),
   )
   ts = {

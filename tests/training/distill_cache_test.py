@@ -14,8 +14,9 @@ import optax
 import pytest
 from flax import nnx
 
-from w2s_jax import config_lib, jobs, main, testing
+from w2s_jax import config_lib, jobs, main, methods, testing
 from w2s_jax.data import char_vocab, tokenizers
+from w2s_jax.methods import kd as kd_lib
 from w2s_jax.training import inputs, steps, trainer
 
 ROOT = os.path.dirname(
@@ -67,7 +68,8 @@ def _one_step(cfg, method, loss_cfg, workdir, with_teacher):
   batches = inputs.make_batches("distill_cache", cfg.data, tok, 4, seed=0)
   batch = jax.tree.map(jnp.asarray, inputs.split_micro(next(batches), 1))
   tx = optax.sgd(1.0)
-  spec = steps.StepSpec(steps.get_method(method), s_def, defs, tx, loss_cfg)
+  m = methods.get(method)
+  spec = steps.StepSpec(m, s_def, defs, tx, m.hp(loss_cfg))
   state = {"params": s_state, "opt": tx.init(s_state), "step": jnp.int32(0)}
   return jax.jit(steps.make_train_step(spec))(state, frozen, batch)
 
@@ -150,11 +152,9 @@ def test_cache_temperature_must_match_tail_bucket_loss(caches):
   _, paths, _ = caches
   header = topk_cache.TopKCacheReader(paths[K]).header
   with pytest.raises(ValueError, match=r"recorded at 1.0.*topk_mode"):
-    trainer._cache_loss_cfg(header, {"temperature": 2.0})
-  got = trainer._cache_loss_cfg(
-      header, {"temperature": 2.0, "topk_mode": "renormalized"}
-  )
-  assert got == {"teacher_temperature": 1.0}
+    kd_lib.DistillHparams(temperature=2.0).for_cache(header)
+  got = kd_lib.DistillHparams(temperature=2.0, topk_mode="renormalized")
+  assert got.for_cache(header).teacher_temperature == 1.0
 
 
 @pytest.mark.slow

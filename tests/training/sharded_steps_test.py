@@ -164,7 +164,8 @@ def _setup(student, teacher, method):
     cfg = m.hp(cfg)
     batch = _rl_batch(rng, student, teacher, cfg)
   else:
-    m, batch = steps.METHODS[method], _rows(rng)
+    m, batch = methods.get(method), _rows(rng)
+    cfg = m.hp(cfg)
   frozen_defs = {"teacher": t_def} if "teacher" in m.frozen else {}
   frozen = {"teacher": t_state} if "teacher" in m.frozen else {}
   spec = steps.StepSpec(

@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from w2s_jax import models, testing
+from w2s_jax import methods, models, testing
 from w2s_jax.training import optim, steps
 
 V, L, B, K = 32, 12, 4, 8
@@ -42,13 +42,13 @@ def _cache_rows(seed, temperature):
 
 
 def _batch(method, micro=1):
-  if method in steps.PAIR_METHODS:
+  if methods.get(method).data == "pairs":
     w, l = _rows(0), _rows(1)
     b = {f"chosen_{k}": v for k, v in w.items()}
     b.update({f"rejected_{k}": v for k, v in l.items()})
   else:
     b = _rows(0)
-  if method in steps.CACHE_METHODS:
+  if methods.get(method).data == "topk":
     b.update(_cache_rows(5, LOSS_CFG[method].get("teacher_temperature", 1.0)))
   return {k: v.reshape(micro, B // micro, *v.shape[1:]) for k, v in b.items()}
 
@@ -88,11 +88,13 @@ def _setup(method, lr=3e-3, loss_cfg=None, sgd=False):
   else:
     tx, _ = optim.make_optimizer(lr, 10, schedule="constant", grad_clip=0)
   spec = steps.StepSpec(
-      method=steps.get_method(method),
+      method=methods.get(method),
       student_graphdef=s_def,
       frozen_graphdefs=defs,
       tx=tx,
-      loss_cfg=loss_cfg if loss_cfg is not None else LOSS_CFG[method],
+      loss_cfg=methods.get(method).hp(
+          loss_cfg if loss_cfg is not None else LOSS_CFG[method]
+      ),
   )
   state = {"params": s_state, "opt": tx.init(s_state), "step": jnp.int32(0)}
   return jax.jit(steps.make_train_step(spec)), state, frozen
@@ -114,10 +116,10 @@ GOLDEN = {
 
 
 def test_golden_table_covers_every_method():
-  assert sorted(GOLDEN) == sorted(steps.METHODS)
+  assert sorted(GOLDEN) == sorted(methods.names("train"))
 
 
-@pytest.mark.parametrize("method", sorted(steps.METHODS))
+@pytest.mark.parametrize("method", sorted(GOLDEN))
 def test_one_step_golden_metrics_and_loss_decreases(method):
   step, state, frozen = _setup(method)
   batch = _batch(method)
@@ -168,10 +170,3 @@ def test_dense_and_chunked_distill_steps_agree():
       float(md["train/loss"]), rel=1e-5
   )
   testing.assert_trees_close(sc["params"], sd["params"], atol=1e-6, rtol=1e-5)
-
-
-def test_unknown_method():
-  with pytest.raises(
-      ValueError, match=r"unknown method 'ppo'.*available methods"
-  ):
-    steps.get_method("ppo")

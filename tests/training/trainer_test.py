@@ -292,7 +292,8 @@ def test_nan_loss_exits_3_with_one_line_and_keeps_last_checkpoint(tmp_path):
         (["--config.optim.lr=-1"], r"optim.lr=-1.0 is invalid"),
         (
             ["--config.loss.beta=1.5"],
-            r"loss.beta=1.5 is invalid: it must be in \[0, 1\]",
+            r"loss.beta=1.5 is invalid for method 'distill': it must be in"
+            r" \[0, 1\]",
         ),
         (
             ["--config.teacher.hf_path=/nonexistent/ckpt"],

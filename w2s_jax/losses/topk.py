@@ -26,6 +26,7 @@ Shape legend: B batch, L length, V vocab, K cached entries per position.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from w2s_jax.losses import aggregation, divergences
 
@@ -34,7 +35,7 @@ TOPK_MODES = ("renormalized", "tail_bucket", "sparse_fkl")
 # A finite stand-in for log 0: keeps log_softmax/logsumexp NaN-free even on a
 # row whose cache entries are all padding.
 _NEG = -1e30
-_LOG_TAIL_FLOOR = float(jnp.log(jnp.float32(1e-12)))
+_LOG_TAIL_FLOOR = float(np.log(np.float32(1e-12)))  # no device at import
 _LN2 = 0.6931471805599453
 
 

@@ -19,7 +19,17 @@ from w2s_jax.methods.spec import HparamError, Hparams, MethodSpec
 __all__ = ["FAMILIES", "HparamError", "Hparams", "MethodSpec", "get", "names"]
 
 # Family modules, each with a module-level ``SPECS: tuple[MethodSpec, ...]``.
-FAMILIES: tuple[str, ...] = ("grpo", "kdrl", "gkd", "ampo", "opd")
+FAMILIES: tuple[str, ...] = (
+    "sft",
+    "kd",
+    "pairs",
+    "ssb",
+    "grpo",
+    "kdrl",
+    "gkd",
+    "ampo",
+    "opd",
+)
 
 _REGISTRY: dict[str, MethodSpec] = {}
 

@@ -18,14 +18,13 @@ Legend: M micro-batches, B rows, L length.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from w2s_jax.methods import kd
 from w2s_jax.methods import spec as spec_lib
 from w2s_jax.rl import scoring
-from w2s_jax.training import steps
 
 Batch = dict[str, jax.Array]
 MASK_MODES = ("completion", "attention")
@@ -70,10 +69,12 @@ class GKDHparams(scoring.ScoringHparams):
     )
 
 
-def _distill_cfg(hp: GKDHparams) -> dict[str, Any]:
-  """The options of the offline KD loss (``steps.distill_loss``) that GKD
-  uses; the one place that maps GKD's hparams onto it."""
-  return dataclasses.asdict(hp)
+def _distill_hp(hp: GKDHparams) -> kd.DistillHparams:
+  """The offline KD loss's hparams (``methods.kd.distill_loss``) that GKD
+  shares (divergence, β, τ, τ², mask, chunking, vocab); the one place that
+  maps GKD's hparams onto it."""
+  shared = set(kd.DistillHparams.keys()) & set(GKDHparams.keys())
+  return kd.DistillHparams(**{k: getattr(hp, k) for k in sorted(shared)})
 
 
 def normalizers(batch: Batch, hp: GKDHparams) -> dict[str, jax.Array]:
@@ -84,7 +85,7 @@ def normalizers(batch: Batch, hp: GKDHparams) -> dict[str, jax.Array]:
 
 def gkd_loss(student, frozen, mb, norms, hp: GKDHparams):
   """Token-mean JSD(β) to the fused teacher on one micro-batch."""
-  return steps.distill_loss(student, frozen, mb, norms, _distill_cfg(hp))
+  return kd.distill_loss(student, frozen, mb, norms, _distill_hp(hp))
 
 
 SPECS = (

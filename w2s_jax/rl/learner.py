@@ -14,13 +14,13 @@ reference (a frozen copy of the initial student, built again from
 ``config.student`` so that a resumed run gets the same one, only when
 β_ref > 0) are never written.
 
-Host loop conventions follow ``trainer``: AOT-compiled update with donation,
-Checkpointer (params + optimizer + step + PRNG key + prompt iterator; resume
-is exact), MetricWriter (rewards, accuracy, lengths, clip fraction, KD term,
-wall time per phase and the host share), tqdm, and the export of the final
-student to ``workdir/export``; the workdir identity check, the NaN stop and
-the SIGTERM / SIGINT save are ``training.workdir`` and ``training.loop``,
-shared with ``trainer``.
+The host loop is ``loop.run``, shared with ``trainer``, driven by
+``_Loop.one_step``: AOT-compiled update with donation, Checkpointer (params
++ optimizer + step + PRNG key + prompt iterator; resume is exact),
+MetricWriter (rewards, accuracy, lengths, clip fraction, KD term, wall time
+per phase and the host share), tqdm, the NaN stop, the SIGTERM / SIGINT
+save and the export of the final student to ``workdir/export``; the
+workdir identity check is ``training.workdir``.
 """
 
 from __future__ import annotations
@@ -153,21 +153,6 @@ def _check_config(config: Any) -> None:
     )
 
 
-def _flat_step(train_step, micro: int):
-  """The update on a flat ``[B, ...]`` batch, split into ``micro``
-  micro-batches inside the jit (rows keep their order, so groups stay
-  contiguous)."""
-
-  def step(train_state, frozen, batch):
-    mb = {
-        k: v.reshape(micro, v.shape[0] // micro, *v.shape[1:])
-        for k, v in batch.items()
-    }
-    return train_step(train_state, frozen, mb)
-
-  return step
-
-
 def _lora_rank(config: Any) -> int:
   return int(config.get("lora", {}).get("rank", 0))
 
@@ -282,13 +267,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         method_name, config.data, config.rl, tokenizer
     )
     source = rl_problems.PromptSource(problems, int(config.seed))
-    start = 0
-    if ckpt.latest_step() is not None:
-      saved, meta, start = ckpt.restore({**train_state, "rng": rng})
-      rng = np.asarray(saved.pop("rng"))
-      train_state = saved
-      source.set_state(meta["prompts"])
-      log.info("resumed from step %d", start)
+    saved = loop.Saved(source, "prompts", {"rng": rng})
+    train_state, start = loop.restore(ckpt, train_state, saved)
+    rng = saved.arrays["rng"]
     config_lib.save_resolved(config, workdir)
     base_key = jax.random.wrap_key_data(jnp.asarray(rng))
 
@@ -305,8 +286,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     update_frozen = {
         k: frozen[k] for k in method.frozen + (("base",) if rank else ())
     }
+    # The one micro-batching convention: rows in order (groups contiguous),
+    # split inside the jit.
     update_fn = jax.jit(
-        _flat_step(
+        steps.flat_step(
             steps.make_train_step(spec), int(config.train.micro_batches)
         ),
         donate_argnums=(0,),
@@ -340,11 +323,21 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         "setting up the rollouts (rl.reward, rl.reward_fn)",
     )
     host_loop = _Loop(
-        config, workdir, ckpt, roller, update_fn, score_fn, update_frozen,
-        score_frozen, mesh, base_key, rng, start,
+        config, roller, update_fn, score_fn, update_frozen, score_frozen,
+        mesh, base_key,
     )  # fmt: skip
     host_loop.policy = lambda ts: policy(ts, frozen)
     host_loop.method_spec, host_loop.hp = method, loss_cfg
+    run = loop.Run(
+        config,
+        workdir,
+        ckpt,
+        saved,
+        hint="lower optim.lr (or loss.kd_beta_init)",
+        # Under LoRA the export is the merged model (base + adapters).
+        model_fn=lambda ts: nnx.merge(s_graphdef, policy(ts, frozen)),
+        postfix=(("reward", "rollout/reward_mean"), ("loss", "train/loss")),
+    )
     try:
       if method.rollouts != "mixed":  # mixed rollouts (GKD) are ungraded
         # Started once the Roller has checked rl.reward and rl.reward_fn.
@@ -358,46 +351,33 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
             ),
             "starting the reward workers",
         )
-      train_state, last = host_loop.run(train_state, start, total)
+      _, last, _ = loop.run(run, host_loop.one_step, train_state, start)
     finally:
       if roller.pool is not None:
         roller.pool.close()
       ckpt.close()
-      host_loop.writer.close()
-    final_step = host_loop.done
-    if final_step == total and config.train.get("export", True):
-      # Under LoRA the export is the merged model (base + adapters).
-      model = nnx.merge(s_graphdef, policy(train_state, frozen))
-      trainer.export_model(model, os.path.join(workdir, "export"))
   return last
 
 
 class _Loop:
-  """The per-step schedule; split out of ``train_and_evaluate`` for size."""
+  """The RL step callback of ``loop.run`` (``one_step``)."""
 
   def __init__(
-      self, config, workdir, ckpt, roller, update_fn, score_fn, update_frozen,
-      score_frozen, mesh, base_key, rng, start,
+      self, config, roller, update_fn, score_fn, update_frozen, score_frozen,
+      mesh, base_key,
   ):  # fmt: skip
-    self.config, self.ckpt, self.roller = config, ckpt, roller
+    self.config, self.roller = config, roller
     self.update_fn, self.score_fn = update_fn, score_fn
     self.update_frozen, self.score_frozen = update_frozen, score_frozen
     # The base key is checkpointed with the state; step keys fold the step
     # in, so a resumed run draws exactly the samples of an uninterrupted one.
-    self.mesh, self.base_key, self.rng = mesh, base_key, rng
+    self.mesh, self.base_key = mesh, base_key
     self.method = str(config.method)
     # The method's spec and its run-resolved hparams (train_and_evaluate).
     self.method_spec, self.hp = None, None
     self.updates = int(config.rl.updates_per_rollout)
-    self.writer = metrics.MetricWriter(
-        workdir,
-        tensorboard=bool(config.train.get("tensorboard", True)),
-        start_step=start,
-    )
-    self.ident = {"config": workdir_lib.config_dict(config)}
     self.compiled = None
     self._layout = None
-    self.done = 0
     self.policy = lambda train_state: train_state["params"]
 
   def one_step(self, train_state, step: int):
@@ -462,38 +442,3 @@ class _Loop:
 
   def _flat(self, batch):
     return {k: self.roller.put(v) for k, v in batch.items()}
-
-  def run(self, train_state, start: int, total: int):
-    tcfg = self.config.train
-    log_every = int(tcfg.get("log_every", 10))
-    last: dict[str, float] = {}
-    self.done = start
-    with loop.StopSignals() as signals:
-      bar = loop.progress(start, total, self.method)
-      for step in bar:
-        train_state, host = self.one_step(train_state, step)
-        done = step + 1
-        loop.check_finite(
-            host, done, self.ckpt, "lower optim.lr (or loss.kd_beta_init)"
-        )
-        self.done, last = done, host
-        stopping = signals.received is not None
-        if done % log_every == 0 or done == total or stopping:
-          self.writer.write(done, host)
-        must_save = (
-            done % self.ckpt.save_every == 0 or done == total or stopping
-        )
-        if must_save:
-          self.ckpt.save(
-              done,
-              {**train_state, "rng": self.rng},
-              {"prompts": self.roller.source.get_state(), **self.ident},
-              force=True,
-          )
-        bar.set_postfix(
-            reward=f"{host.get('rollout/reward_mean', 0.0):.3f}",
-            loss=f"{host['train/loss']:.4f}",
-        )
-        loop.stop_if_signalled(signals, done, self.ckpt)
-        loop.debug_kill(tcfg, done, self.ckpt)
-    return train_state, last

@@ -38,6 +38,7 @@ import grain
 import jax
 import numpy as np
 
+from w2s_jax import methods
 from w2s_jax.data import (
     char_vocab,
     formatting,
@@ -47,7 +48,6 @@ from w2s_jax.data import (
     traces,
 )
 from w2s_jax.data import tokenizers as tokenizers_lib
-from w2s_jax.training import steps
 
 
 def load_tokenizer(spec: str, workdir: str) -> tokenizers_lib.Tokenizer:
@@ -416,7 +416,8 @@ def make_batches(
   """This process's host batches for ``method`` (has get_state / set_state).
 
   Args:
-    method: the training method (picks the batcher).
+    method: the training method; its spec's ``data`` kind picks the batcher
+      (pairs, token sequences with a teacher top-k cache, or tokens).
     data: the ``data`` config section.
     tokenizer: the student tokenizer.
     batch_size: the GLOBAL batch size G (all processes together).
@@ -433,12 +434,13 @@ def make_batches(
   rows = process_rows(batch_size, micro_batches, p, n)
   max_len = int(data.max_len)
   pad = tokenizer.pad_id
-  if method in steps.PAIR_METHODS:
+  kind = methods.get(method, job="train").data
+  if kind == "pairs":
     return PairBatches(
         pair_examples(data, tokenizer), batch_size, max_len, pad, seed, rows
     )
   examples = sft_examples(data, tokenizer)
-  if method in steps.CACHE_METHODS:
+  if kind == "topk":
     reader = open_topk_cache(data, tokenizer)
     return TopKBatches(examples, reader, batch_size, max_len, pad, seed, rows)
   config = pipeline.PipelineConfig(

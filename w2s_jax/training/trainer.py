@@ -11,6 +11,9 @@ Only the jitted step touches the device. The loop schedules, logs and saves:
   never saved);
 * SIGTERM / SIGINT save a checkpoint and raise ``loop.Stopped`` (exit
   143 / 130);
+* the loop itself (cadences, saving, metrics, export) is ``loop.run``,
+  shared with ``rl_trainer``; this module builds the models, the data and
+  the step callback of the method (``w2s_jax.methods``);
 * resume restores params, optimizer, step and the data iterator exactly,
   after ``workdir.check_resume`` checked the config against the one the
   checkpoint was trained with; a finished workdir is left untouched.
@@ -18,7 +21,6 @@ Only the jitted step touches the device. The loop schedules, logs and saves:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
@@ -29,7 +31,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from w2s_jax import config_lib, sharding
+from w2s_jax import config_lib, methods, sharding
 from w2s_jax.models import config as model_config
 from w2s_jax.models import hf_io, transformer
 from w2s_jax.training import (
@@ -37,7 +39,6 @@ from w2s_jax.training import (
     inputs,
     loop,
     lora,
-    metrics,
     optim,
     pairing,
     steps,
@@ -45,22 +46,6 @@ from w2s_jax.training import (
 from w2s_jax.training import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
-
-
-# Method-specific range checks, run with config_lib's at job start.
-_METHOD_CHECKS = {
-    "ssb": [
-        ("loss.lambda_kd", lambda x: float(x) >= 0, ">= 0"),
-        ("loss.lambda_ce", lambda x: float(x) >= 0, ">= 0"),
-    ],
-}
-_TOPK_MODE = (
-    "loss.topk_mode",
-    lambda x: x in ("tail_bucket", "renormalized", "sparse_fkl"),
-    "'tail_bucket', 'renormalized' or 'sparse_fkl'",
-)
-_METHOD_CHECKS["ssb"].append(_TOPK_MODE)
-_METHOD_CHECKS["distill_cache"] = [_TOPK_MODE]
 
 
 def build_model(
@@ -95,13 +80,9 @@ def build_model(
 
 
 def _batch_sharding(mesh, local_shape: tuple[int, ...]) -> NamedSharding:
-  """[M, b, ...] micro-batches: rows on the data axes (those that divide)."""
-  shape = (
-      local_shape[0],
-      local_shape[1] * jax.process_count(),
-      *local_shape[2:],
-  )
-  names = (None, "batch") + (None,) * (len(shape) - 2)
+  """[B, ...] rows on the data axes (those that divide), process-major."""
+  shape = (local_shape[0] * jax.process_count(), *local_shape[1:])
+  names = ("batch",) + (None,) * (len(shape) - 1)
   return NamedSharding(mesh, sharding.logical_to_spec(names, shape, mesh))
 
 
@@ -125,7 +106,7 @@ def train_and_evaluate(
     eval_fn: optional ``(model, step) -> dict`` run every
       ``train.eval_every`` steps and at the end.
   """
-  config_lib.validate(config, _METHOD_CHECKS.get(str(config.method), ()))
+  config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   tcfg = config.train
   ckpt = checkpoint.Checkpointer(
@@ -146,8 +127,9 @@ def train_and_evaluate(
 
 def _train(config, workdir, ckpt, eval_fn) -> dict[str, Any]:
   """``train_and_evaluate`` once the workdir is checked."""
-  tcfg, lcfg = config.train, config.loss
-  method = steps.get_method(config.method)
+  tcfg = config.train
+  method = methods.get(str(config.method), job="train")
+  hp = method.hp(config.loss)
   mesh = sharding.make_mesh(tuple(config.get("mesh_shape", (-1, 1, 1))))
 
   # Models are built (and sharded on arrival) before the mesh becomes the
@@ -157,7 +139,6 @@ def _train(config, workdir, ckpt, eval_fn) -> dict[str, Any]:
     pairing.check_tokenizers(config, tokenizer, ("teacher",), workdir)
   student = build_model(config.student, tokenizer, mesh)
   frozen_models = {}
-  vocab = None
   if "teacher" in method.frozen:
     frozen_models["teacher"] = build_model(config.teacher, tokenizer, mesh)
     vocab = pairing.shared_vocab(
@@ -168,7 +149,9 @@ def _train(config, workdir, ckpt, eval_fn) -> dict[str, Any]:
             "teacher": frozen_models["teacher"].cfg.vocab_size,
         },
     )
-  elif config.method in steps.CACHE_METHODS:
+    if vocab:  # padded widths: logits sliced to the shared tokenizer
+      hp = hp.replace(vocab_size=vocab)
+  elif method.data == "topk":
     # The teacher is the cache (its tokenizer fingerprint is checked against
     # data.tokenizer on open); the student must cover the tokenizer too.
     pairing.shared_vocab(config, tokenizer, {"student": student.cfg.vocab_size})
@@ -199,7 +182,6 @@ def _train(config, workdir, ckpt, eval_fn) -> dict[str, Any]:
         "opt": tx.init(trainable),
         "step": jnp.zeros((), jnp.int32),
     }
-    global_batch = int(tcfg.batch_size)
     micro = int(tcfg.micro_batches)
     # Every process builds the global batch and keeps its rows, laid out so
     # that P processes see exactly the micro-batches of one (inputs).
@@ -207,35 +189,35 @@ def _train(config, workdir, ckpt, eval_fn) -> dict[str, Any]:
         config.method,
         config.data,
         tokenizer,
-        global_batch,
+        int(tcfg.batch_size),
         int(config.seed),
         micro_batches=micro,
     )
-    start = 0
-    if ckpt.latest_step() is not None:
-      train_state, meta, start = ckpt.restore(train_state)
-      batches.set_state(_decode_state(meta["data"]))
-      log.info("resumed from step %d", start)
+    saved = loop.Saved(batches, "data")
+    train_state, start = loop.restore(ckpt, train_state, saved)
     config_lib.save_resolved(config, workdir)
 
-    loss_cfg = dict(lcfg.to_dict())
-    if vocab:  # padded widths: logits sliced to the shared tokenizer
-      loss_cfg["vocab_size"] = vocab
-    if config.method in steps.CACHE_METHODS:
-      loss_cfg.update(_cache_loss_cfg(batches.reader.header, loss_cfg))
+    if method.data == "topk":
+      hp = hp.for_cache(batches.reader.header)
     spec = steps.StepSpec(
         method=method,
         student_graphdef=s_graphdef,
         frozen_graphdefs=frozen_graphdefs,
         tx=tx,
-        loss_cfg=loss_cfg,
+        loss_cfg=hp,
         lora_rank=rank,
         lora_alpha=float(config.get("lora", {}).get("alpha", 16.0)),
         schedule=schedule,
     )
-    first = _to_device(inputs.split_micro(next(batches), micro), mesh)
-    step_fn = jax.jit(steps.make_train_step(spec), donate_argnums=(0,))
-    compiled = step_fn.lower(train_state, frozen, first).compile()
+    # The one micro-batching convention (steps.flat_step): the flat batch of
+    # each process's rows, split inside the jit.
+    blocks = jax.process_count()
+    step_fn = jax.jit(
+        steps.flat_step(steps.make_train_step(spec), micro, blocks),
+        donate_argnums=(0,),
+    )
+    first = [_to_device(next(batches), mesh)]
+    compiled = step_fn.lower(train_state, frozen, first[0]).compile()
     mem = compiled.memory_analysis()
     if mem is not None:
       log.info(
@@ -244,128 +226,25 @@ def _train(config, workdir, ckpt, eval_fn) -> dict[str, Any]:
           getattr(mem, "argument_size_in_bytes", 0) / 2**20,
       )
 
-    writer = metrics.MetricWriter(
+    def one_step(train_state, step):
+      del step
+      batch = first.pop() if first else _to_device(next(batches), mesh)
+      return compiled(train_state, frozen, batch)
+
+    run = loop.Run(
+        config,
         workdir,
-        tensorboard=bool(tcfg.get("tensorboard", True)),
-        start_step=start,
+        ckpt,
+        saved,
+        hint="lower optim.lr or check the data for empty/garbled rows",
+        model_fn=lambda ts: _student(spec, s_graphdef, ts, frozen),
+        eval_fn=eval_fn,
     )
-    ident = {"config": workdir_lib.config_dict(config)}
-    log_every = int(tcfg.get("log_every", 10))
-    eval_every = int(tcfg.get("eval_every", 0))
-    last: dict[str, float] = {}
-    pending = None
-    batch = first
-
-    def check(step_metrics, step):
-      host = metrics.to_host(step_metrics)
-      loop.check_finite(
-          host,
-          step,
-          ckpt,
-          "lower optim.lr or check the data for empty/garbled rows",
-      )
-      return host
-
-    try:
-      with loop.StopSignals() as signals:
-        bar = loop.progress(start, total, str(config.method))
-        for step in bar:
-          if step > start or batch is None:
-            batch = _to_device(inputs.split_micro(next(batches), micro), mesh)
-          train_state, step_metrics = compiled(train_state, frozen, batch)
-          batch = None
-          if pending is not None:
-            host = check(*pending)
-            if pending[1] % log_every == 0:
-              writer.write(pending[1], host)
-            last = host
-          pending = (step_metrics, step + 1)
-          done = step + 1
-          stopping = signals.received is not None
-          if done % ckpt.save_every == 0 or done == total or stopping:
-            host = check(*pending)
-            writer.write(done, host)
-            last, pending = host, None
-            ckpt.save(
-                done,
-                train_state,
-                {"data": _encode_state(batches.get_state()), **ident},
-                force=True,
-            )
-            bar.set_postfix(loss=f"{host['train/loss']:.4f}")
-          if eval_fn is not None and eval_every and done % eval_every == 0:
-            model = _student(spec, s_graphdef, train_state, frozen)
-            writer.write(done, eval_fn(model, done))
-          loop.stop_if_signalled(signals, done, ckpt)
-          loop.debug_kill(tcfg, done, ckpt)
-        if pending is not None:
-          last = check(*pending)
-          writer.write(pending[1], last)
-      ckpt.wait()
-      final_step = int(jax.device_get(train_state["step"]))
-      model = _student(spec, s_graphdef, train_state, frozen)
-      if eval_fn is not None and final_step == total:
-        result = eval_fn(model, final_step)
-        writer.write(final_step, result)
-        last.update(result)
-    finally:
-      writer.close()
-    if final_step == total and tcfg.get("export", True):
-      export_model(model, os.path.join(workdir, "export"))
+    _, last, _ = loop.run(run, one_step, train_state, start)
   return last
-
-
-def export_model(model: transformer.Transformer, path: str) -> None:
-  """Writes ``model`` as an HF checkpoint; every process must call it.
-
-  With several processes the parameters are sharded across hosts, so they
-  are first gathered (a collective) and process 0 alone writes.
-  """
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # noqa: PLC0415
-
-    graphdef, state = nnx.split(model)
-    model = nnx.merge(
-        graphdef, multihost_utils.process_allgather(state, tiled=True)
-    )
-  if jax.process_index() == 0:
-    hf_io.save_pretrained(model, path)
-
-
-def _cache_loss_cfg(header: Any, loss_cfg: dict[str, Any]) -> dict[str, Any]:
-  """The cache's recording temperature, checked against the loss's.
-
-  Raises:
-    ValueError: a tail_bucket / sparse_fkl loss at a temperature other than
-      the cache's (the tail mass at another temperature is unknown).
-  """
-  mode = str(loss_cfg.get("topk_mode", "tail_bucket"))
-  tau = float(loss_cfg.get("temperature", 1.0))
-  if mode != "renormalized" and abs(tau - header.temperature) > 1e-6 * tau:
-    raise ValueError(
-        f"loss.temperature={tau} but the top-k cache was recorded at"
-        f" {header.temperature}; with loss.topk_mode={mode!r} they must match."
-        f" Set --config.loss.temperature={header.temperature}, rebuild the"
-        " cache at the loss temperature, or use"
-        " --config.loss.topk_mode=renormalized."
-    )
-  return {"teacher_temperature": float(header.temperature)}
 
 
 def _student(spec, graphdef, train_state, frozen) -> transformer.Transformer:
   return nnx.merge(
       graphdef, steps.student_state(spec, train_state["params"], frozen)
   )
-
-
-def _encode_state(state: Any) -> Any:
-  """Iterator states may hold bytes: store them JSON-safe."""
-  if isinstance(state, bytes):
-    return {"__bytes__": state.decode("latin-1")}
-  return json.loads(json.dumps(state, default=str))
-
-
-def _decode_state(state: Any) -> Any:
-  if isinstance(state, dict) and "__bytes__" in state:
-    return state["__bytes__"].encode("latin-1")
-  return state
