@@ -71,7 +71,7 @@ def test_every_offline_method_is_registered_with_checked_defaults():
     assert spec.name == name and spec.job == "train"
     hp = spec.hp(None)  # the defaults pass their own checks
     assert isinstance(hp, spec.hparams) and hp.vocab_size == 0
-    assert spec.paper.startswith("arXiv:") and spec.doc.startswith("docs/")
+    assert spec.doc.startswith("docs/methods.md#")
     assert spec.data in ("tokens", "pairs", "topk")
     # The config of the method builds its loss section from the same class.
     assert set(spec.hparams.keys()) >= {"vocab_size", "chunk_size"}
@@ -166,3 +166,20 @@ def test_validating_a_config_starts_no_device():
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip() == "False", proc.stdout
+
+
+def _anchor(heading: str) -> str:
+  """GitHub's anchor of a markdown heading."""
+  text = heading.strip().lstrip("#").strip().lower()
+  return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def test_every_spec_cites_a_section_of_docs_methods_and_a_paper():
+  with open(os.path.join(ROOT, "docs", "methods.md"), encoding="utf-8") as f:
+    anchors = {_anchor(line) for line in f if line.startswith("## ")}
+  for name in methods.names():
+    spec = methods.get(name)
+    doc = spec.doc
+    assert doc.startswith("docs/methods.md#"), (name, doc)
+    assert doc.split("#", 1)[1] in anchors, (name, doc, sorted(anchors))
+    assert re.fullmatch(r"\d{4}\.\d{4,5}", spec.paper), (name, spec.paper)

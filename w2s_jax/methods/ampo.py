@@ -96,7 +96,7 @@ SPECS = (
         policy_gradient=True,
         metrics=("ampo/off_policy_frac", "ampo/entropy"),
         paper="2510.02227",
-        doc="AMPO",
+        doc="docs/methods.md#ampo",
         rollouts="guided",
     ),
 )

@@ -100,7 +100,7 @@ SPECS = (
         frozen=("teacher",),
         metrics=("gkd/on_policy",),
         paper="2306.13649",
-        doc="GKD and offline KD",
+        doc="docs/methods.md#gkd-and-offline-kd",
         rollouts="mixed",
     ),
 )

@@ -146,7 +146,7 @@ SPECS = (
         policy_gradient=True,
         metrics=("grpo/loss", "grpo/clip_frac", "grpo/kl"),
         paper="2402.03300",
-        doc="GRPO",
+        doc="docs/methods.md#grpo",
         rollouts="student",
     ),
 )

@@ -216,7 +216,7 @@ DISTILL = MethodSpec(
     data="tokens",
     frozen=("teacher",),
     metrics=_METRICS,
-    paper="arXiv:2505.15442",
+    paper="2505.15442",
     doc="docs/methods.md#gkd-and-offline-kd",
 )
 DISTILL_CACHE = dataclasses.replace(

@@ -161,7 +161,7 @@ SPECS = (
         policy_gradient=True,
         metrics=("kdrl/kd", "kdrl/beta", "kdrl/rkl_k1", "kdrl/keep_frac"),
         paper="2506.02208",
-        doc="KDRL",
+        doc="docs/methods.md#kdrl",
         rollouts="student",
         step_arrays=step_arrays,
     ),

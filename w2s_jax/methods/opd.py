@@ -117,6 +117,7 @@ SPECS = (
         policy_gradient=True,
         metrics=("opd/reverse_kl", "opd/loss", "opd/clip_frac"),
         paper="2306.13649",
+        doc="docs/methods.md#on-policy-distillation-opd",
         rollouts="student",
     ),
 )

@@ -123,7 +123,7 @@ REDI = MethodSpec(
     normalizers=pair_normalizers,
     data="pairs",
     metrics=("redi/loss",),
-    paper="arXiv:2505.24850",
+    paper="2505.24850",
     doc=_DOC,
 )
 DPO = MethodSpec(
@@ -136,7 +136,7 @@ DPO = MethodSpec(
     data="pairs",
     frozen=("ref",),
     metrics=("dpo/loss",),
-    paper="arXiv:2305.18290",
+    paper="2305.18290",
     doc=_DOC,
 )
 SIMPO = MethodSpec(
@@ -148,7 +148,7 @@ SIMPO = MethodSpec(
     normalizers=pair_normalizers,
     data="pairs",
     metrics=("simpo/loss",),
-    paper="arXiv:2405.14734",
+    paper="2405.14734",
     doc=_DOC,
 )
 

@@ -53,7 +53,7 @@ SFT = MethodSpec(
     normalizers=sft_normalizers,
     data="tokens",
     metrics=("sft/loss", "sft/accuracy", "sft/num_tokens"),
-    paper="arXiv:2505.20072",
+    paper="2505.20072",
     doc="docs/methods.md#sft",
 )
 

@@ -89,7 +89,7 @@ SSB = MethodSpec(
     normalizers=ssb_normalizers,
     data="topk",
     metrics=("ssb/loss", "ssb/kd_loss", "ssb/ce_loss"),
-    paper="arXiv:2512.05105",
+    paper="2512.05105",
     doc="docs/methods.md#ssb",
 )
 
