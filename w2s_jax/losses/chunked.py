@@ -112,7 +112,9 @@ def _accumulate_dw(dw, h_CD, g_CV, dw_blocks, layout="DV"):
   embedding table kept as stored). XLA:CPU does not fuse the accumulation
   into the matmul, so one update would allocate a whole [D, V] temporary (the
   size of W_s); blocks bound it by [D, V/Q]. dw_blocks=1 is the single fused
-  update of accelerator backends.
+  update of accelerator backends. The operand contracted over its major axis
+  is transposed into a copy first (h_C for 'DV', the g block for 'VD'; see
+  `models.dense`): XLA:CPU then runs its fast row-major GEMM kernel.
   """
   vd = layout == "VD"
   v, d = dw.shape if vd else dw.shape[::-1]
@@ -122,11 +124,19 @@ def _accumulate_dw(dw, h_CD, g_CV, dw_blocks, layout="DV"):
   p, q, r = _block_layout(v, dw_blocks)
   g_CPQR = g_CV.reshape(g_CV.shape[0], p, q, r)
   axis = 1 if vd else 2  # the block axis Q of dw as [P, Q, R, D] / [D, P, Q, R]
-  eq = "cpr,cd->prd" if vd else "cpr,cd->dpr"
+  h_DC = jax.lax.optimization_barrier(h_CD.T)
 
   def update(j, dw_blocked):
     g_blk = jax.lax.dynamic_index_in_dim(g_CPQR, j, axis=2, keepdims=False)
-    upd = jnp.einsum(eq, g_blk, h_CD, preferred_element_type=jnp.float32)
+    if vd:
+      g_PRC = jax.lax.optimization_barrier(jnp.transpose(g_blk, (1, 2, 0)))
+      upd = jnp.einsum(
+          "prc,cd->prd", g_PRC, h_CD, preferred_element_type=jnp.float32
+      )
+    else:
+      upd = jnp.einsum(
+          "dc,cpr->dpr", h_DC, g_blk, preferred_element_type=jnp.float32
+      )
     cur = jax.lax.dynamic_index_in_dim(dw_blocked, j, axis=axis, keepdims=False)
     return jax.lax.dynamic_update_index_in_dim(
         dw_blocked, cur + upd, j, axis=axis
