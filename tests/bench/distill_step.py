@@ -143,7 +143,12 @@ def main():
   p.add_argument("--vocab", type=int, default=151_936)
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--seq", type=int, default=256)
-  p.add_argument("--chunk_size", type=int, default=96)
+  p.add_argument(
+      "--chunk_size",
+      type=int,
+      default=0,
+      help="0: chosen from N, V and D (losses.chunked.auto_chunk_size)",
+  )
   p.add_argument(
       "--repeats", type=int, default=3, help="0: memory analysis only"
   )

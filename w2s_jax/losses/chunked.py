@@ -56,14 +56,16 @@ def auto_chunk_size(n_tokens: int, vocab: int, d_model: int) -> int:
   Each step holds about four fp32 [C, V] buffers (logits of both models,
   log-probs, the logit gradient) next to the fp32 dW_s [D, V] that the scan
   accumulates anyway. C is the largest multiple of 64 with (a) those
-  buffers no larger than twice dW_s (4·C·V <= 2·D·V, i.e. C <= D / 2) and
-  (b) one [C, V] buffer within 256 MiB, and (c) at most half the tokens, so
-  the chunked path never holds as much as the dense one. Larger chunks mean
-  fewer scan steps and fewer re-reads of W (faster); (a)-(c) bound memory.
-  At least 64 (small models and batches then run one or few chunks).
+  buffers no larger than four times dW_s (C <= D), (b) one [C, V] buffer
+  within 512 MiB, and (c) at most half the tokens, so the chunked path
+  never holds as much as the dense one. Larger chunks mean fewer scan steps
+  and fewer re-reads of W: on XLA:CPU at N = 1024, D = 896, V = 151,936, two
+  chunks of 512 ran 1.25x faster than three of 342 or four of 256 (temp
+  memory 0.51x dense instead of 0.34x). At least 64 (small models and
+  batches then run one or few chunks).
   """
-  by_width = d_model // 2
-  by_bytes = 2**28 // (4 * max(vocab, 1))
+  by_width = d_model
+  by_bytes = 2**29 // (4 * max(vocab, 1))
   c = max(64, min(by_width, by_bytes) // 64 * 64)
   half = -(-n_tokens // 2)
   return min(c, max(64, -(-half // 64) * 64))
@@ -74,9 +76,21 @@ def _to_chunks(x: jax.Array, n_chunks: int, chunk: int) -> jax.Array:
   return jnp.swapaxes(x.reshape((chunk, n_chunks) + x.shape[1:]), 0, 1)
 
 
-def _logits(h_CD: jax.Array, w_DV: jax.Array, width: int) -> jax.Array:
+def chunk_logits(h_CD: jax.Array, w_DV: jax.Array, m_C: jax.Array):
+  """fp32 [C, V] logits of one chunk; rows of masked tokens are 0.
+
+  The select also keeps the matmul apart from the softmax's row max: on
+  XLA:CPU the two would otherwise be fused, and a row reduction over all V
+  columns makes the fused kernel stream the whole of W for every small tile
+  of rows (1.7x slower at V = 151,936, profiled). Masked rows hold
+  nothing that counts (zero weight, zero cotangent).
+  """
   z = jnp.einsum("cd,dv->cv", h_CD, w_DV, preferred_element_type=jnp.float32)
-  return z[:, :width]
+  return jnp.where(m_C[:, None], z, 0.0)
+
+
+def _logits(h_CD, w_DV, m_C, width: int) -> jax.Array:
+  return chunk_logits(h_CD, w_DV, m_C)[:, :width]
 
 
 def _block_layout(v: int, dw_blocks: int) -> tuple[int, int, int]:
@@ -100,7 +114,9 @@ def _accumulate_dw(dw, h_CD, g_CV, dw_blocks, layout="DV"):
   embedding table kept as stored). XLA:CPU does not fuse the accumulation
   into the matmul, so one update would allocate a whole [D, V] temporary (the
   size of W_s); blocks bound it by [D, V/Q]. dw_blocks=1 is the single fused
-  update of accelerator backends.
+  update of accelerator backends. The operand contracted over its major axis
+  is transposed into a copy first (h_C for 'DV', the g block for 'VD'; see
+  `models.dense`): XLA:CPU then runs its fast row-major GEMM kernel.
   """
   vd = layout == "VD"
   v, d = dw.shape if vd else dw.shape[::-1]
@@ -110,11 +126,19 @@ def _accumulate_dw(dw, h_CD, g_CV, dw_blocks, layout="DV"):
   p, q, r = _block_layout(v, dw_blocks)
   g_CPQR = g_CV.reshape(g_CV.shape[0], p, q, r)
   axis = 1 if vd else 2  # the block axis Q of dw as [P, Q, R, D] / [D, P, Q, R]
-  eq = "cpr,cd->prd" if vd else "cpr,cd->dpr"
+  h_DC = jax.lax.optimization_barrier(h_CD.T)
 
   def update(j, dw_blocked):
     g_blk = jax.lax.dynamic_index_in_dim(g_CPQR, j, axis=2, keepdims=False)
-    upd = jnp.einsum(eq, g_blk, h_CD, preferred_element_type=jnp.float32)
+    if vd:
+      g_PRC = jax.lax.optimization_barrier(jnp.transpose(g_blk, (1, 2, 0)))
+      upd = jnp.einsum(
+          "prc,cd->prd", g_PRC, h_CD, preferred_element_type=jnp.float32
+      )
+    else:
+      upd = jnp.einsum(
+          "dc,cpr->dpr", h_DC, g_blk, preferred_element_type=jnp.float32
+      )
     cur = jax.lax.dynamic_index_in_dim(dw_blocked, j, axis=axis, keepdims=False)
     return jax.lax.dynamic_update_index_in_dim(
         dw_blocked, cur + upd, j, axis=axis
@@ -130,7 +154,7 @@ def _scan(token_fn, width, h, w, chunks, shared, weights, mask, grads, blocks):
   def body(carry, xs):
     total, aux_sums, dw = carry
     h_C, c_C, w_C, m_C = xs
-    z = jnp.einsum("cd,dv->cv", h_C, w, preferred_element_type=jnp.float32)
+    z = chunk_logits(h_C, w, m_C)
     # Differentiate w.r.t. the full-width logits: columns beyond `width`
     # (padding of the logit width) get a zero gradient, so dW keeps W's shape.
     f = lambda z: token_fn(z[:, :width], c_C, shared)
@@ -155,7 +179,7 @@ def _scan(token_fn, width, h, w, chunks, shared, weights, mask, grads, blocks):
   # Trace one chunk abstractly to learn the aux keys for the carry.
   first = jax.tree.map(lambda x: x[0], chunks)
   aux_keys = jax.eval_shape(
-      lambda: token_fn(_logits(h[0], w, width), first, shared)
+      lambda: token_fn(_logits(h[0], w, mask[0], width), first, shared)
   )[1]
   init = (
       jnp.zeros((), jnp.float32),
@@ -343,8 +367,9 @@ def chunked_divergence(
   divergences.slice_vocab(jnp.zeros((v_t,)), vocab_size, v_s, "w_t_EV")
   width = v_s if vocab_size is None else vocab_size
 
-  def token_fn(z_s, h_t_C, w_t):
-    z_t = _logits(h_t_C, w_t, width)
+  def token_fn(z_s, teacher_C, w_t):
+    h_t_C, m_C = teacher_C
+    z_t = _logits(h_t_C, w_t, m_C, width)
     lp_s = divergences.log_softmax_f32(z_s, tau)
     lp_t = jax.lax.stop_gradient(divergences.log_softmax_f32(z_t, tau))
     d = divergences.logprob_divergence(name, lp_s, lp_t, beta=beta, alpha=alpha)
@@ -354,7 +379,7 @@ def chunked_divergence(
       token_fn,
       _zero_masked(_flatten_tokens(h_s_ND, lead, "h_s_ND"), m),
       w_s_DV,
-      _zero_masked(_flatten_tokens(h_t_NE, lead, "h_t_NE"), m),
+      (_zero_masked(_flatten_tokens(h_t_NE, lead, "h_t_NE"), m), m),
       w_t_EV,
       weights,
       m,

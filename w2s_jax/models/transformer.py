@@ -25,7 +25,7 @@ from flax import nnx, struct
 from w2s_jax import sharding
 from w2s_jax.models import attention as attention_lib
 from w2s_jax.models import config as config_lib
-from w2s_jax.models import kv_cache
+from w2s_jax.models import dense, kv_cache
 
 Config = config_lib.TransformerConfig
 _NEG_INF = float(jnp.finfo(jnp.float32).min) / 2
@@ -135,7 +135,7 @@ class Attention(nnx.Module):
         ],
         axis=1,
     )
-    qkv = jnp.einsum("BLD,DX->BLX", x_BLD, w_DX, precision=prec)
+    qkv = dense.project(x_BLD, w_DX, 1, prec)
     if cfg.qkv_bias:
       bias_X = jnp.concatenate([
           w(self.q_bias_NH).reshape(-1),
@@ -164,9 +164,9 @@ class Attention(nnx.Module):
     else:
       # Decoding (one token): concatenating the weights inside the decode
       # loop would copy them every step; three matmuls read them once.
-      q = jnp.einsum("BLD,DNH->BLNH", x_BLD, w(self.q_DNH), precision=prec)
-      k_ = jnp.einsum("BLD,DKH->BLKH", x_BLD, w(self.k_DKH), precision=prec)
-      v = jnp.einsum("BLD,DKH->BLKH", x_BLD, w(self.v_DKH), precision=prec)
+      q = dense.project(x_BLD, w(self.q_DNH), 1, prec)
+      k_ = dense.project(x_BLD, w(self.k_DKH), 1, prec)
+      v = dense.project(x_BLD, w(self.v_DKH), 1, prec)
       if cfg.qkv_bias:
         q = q + w(self.q_bias_NH)
         k_ = k_ + w(self.k_bias_KH)
@@ -193,7 +193,7 @@ class Attention(nnx.Module):
       out = attention_lib.xla_attention(
           q, k_all.astype(dt), v_all.astype(dt), ctx.mask_BLS, prec
       )
-    y = jnp.einsum("BLNH,NHD->BLD", out, w(self.o_NHD), precision=prec)
+    y = dense.project(out, w(self.o_NHD), 2, prec)
     return y, layer_cache
 
 
@@ -214,16 +214,14 @@ class Mlp(nnx.Module):
       # gate and up as one [D, 2F] matmul (separate parameters on disk).
       f = self.up_DF.shape[1]
       w_DX = jnp.concatenate([w(self.gate_DF), w(self.up_DF)], axis=1)
-      gu = jnp.einsum("BLD,DX->BLX", x_BLD, w_DX, precision=precision)
+      gu = dense.project(x_BLD, w_DX, 1, precision)
       gate, up = gu[..., :f], gu[..., f:]
     else:  # decoding: no per-step weight copy (see Attention)
-      gate = jnp.einsum(
-          "BLD,DF->BLF", x_BLD, w(self.gate_DF), precision=precision
-      )
-      up = jnp.einsum("BLD,DF->BLF", x_BLD, w(self.up_DF), precision=precision)
+      gate = dense.project(x_BLD, w(self.gate_DF), 1, precision)
+      up = dense.project(x_BLD, w(self.up_DF), 1, precision)
     h = jax.nn.silu(gate) * up
     h = sharding.shard(h, "batch", "length", "act_mlp")
-    return jnp.einsum("BLF,FD->BLD", h, w(self.down_FD), precision=precision)
+    return dense.project(h, w(self.down_FD), 1, precision)
 
 
 class Block(nnx.Module):

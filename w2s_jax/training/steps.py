@@ -158,8 +158,15 @@ def make_train_step(spec: StepSpec) -> Callable:
       acc = jax.tree.map(jnp.add, acc, grads)
       return acc, (loss, metrics)
 
-    zeros = jax.tree.map(jnp.zeros_like, trainable)
-    grads, (loss_M, metrics_M) = jax.lax.scan(body, zeros, batch)
+    if jax.tree.leaves(batch)[0].shape[0] == 1:
+      # One micro-batch: no accumulator (zeros the size of the parameters,
+      # written and re-read every step) and no loop around it.
+      mb = jax.tree.map(lambda x: x[0], batch)
+      (loss, metrics), grads = grad_fn(trainable, frozen, mb, norms)
+      loss_M, metrics_M = jax.tree.map(lambda v: v[None], (loss, metrics))
+    else:
+      zeros = jax.tree.map(jnp.zeros_like, trainable)
+      grads, (loss_M, metrics_M) = jax.lax.scan(body, zeros, batch)
     updates, opt = spec.tx.update(grads, train_state["opt"], trainable)
     new_params = optax.apply_updates(trainable, updates)
     metrics = {k: _reduce_metric(k, v) for k, v in metrics_M.items()}
