@@ -1,4 +1,4 @@
-r"""AMPO: GRPO with teacher solutions injected on total failure (§9).
+r"""AMPO: GRPO with teacher solutions injected on total failure (docs/methods.md, "AMPO").
 
   python -m w2s_jax.main --config=configs/ampo.py:runlocal --workdir=/tmp/ampo
 

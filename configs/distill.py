@@ -2,13 +2,13 @@ r"""Offline knowledge distillation: teacher fused into the step, or a cache.
 
 Any divergence of the loss library (fkl, rkl, jsd, skl, srkl, tvd), with
 temperature, τ², and the 'completion' or 'attention' mask mode of the
-fidelity study (METHODS §7); the vocab-chunked loss by default.
+fidelity study (docs/methods.md, "GKD and offline KD"); the vocab-chunked loss by default.
 
 Teacher fused into the jitted step (under stop_gradient):
 
   python -m w2s_jax.main --config=configs/distill.py:runlocal,loss=rkl --workdir=/tmp/kd
 
-From a cached teacher top-k (METHODS §0.1; the teacher is never built while
+From a cached teacher top-k (docs/methods.md, "Divergences"; the teacher is never built while
 training): write the cache once with the `topk_cache` job, then train on it
 with the same data section. `loss.topk_mode` is 'tail_bucket' (k+1
 categories, default), 'renormalized' or 'sparse_fkl'; tail_bucket and

@@ -1,4 +1,4 @@
-r"""DPO against the frozen stage-1 model (METHODS §4 baseline; β 0.001 best at
+r"""DPO against the frozen stage-1 model (docs/methods.md, "REDI, DPO, SimPO" baseline; β 0.001 best at
 LLM scale, lr 2e-7). The reference is the student's own starting point.
 
   python -m w2s_jax.main --config=configs/dpo.py:pairs=/tmp/p/pairs.jsonl \

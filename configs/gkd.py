@@ -1,4 +1,4 @@
-r"""GKD: on-policy distillation with JSD(β) to a fused teacher (§7).
+r"""GKD: on-policy distillation with JSD(β) to a fused teacher (docs/methods.md, "GKD and offline KD").
 
   python -m w2s_jax.main --config=configs/gkd.py:runlocal --workdir=/tmp/gkd
   # Study: --config.student.hf_path=<SFT export> --config.teacher.hf_path=<teacher>

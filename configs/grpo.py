@@ -1,4 +1,4 @@
-r"""GRPO, Dr.GRPO and DAPO on the student's own samples (METHODS §5, §10).
+r"""GRPO, Dr.GRPO and DAPO on the student's own samples (docs/methods.md, "GRPO" / "Surrogate rewards").
 
   # CPU, synthetic task, tiny random student (seconds):
   python -m w2s_jax.main --config=configs/grpo.py:runlocal --workdir=/tmp/grpo
@@ -14,7 +14,7 @@ N·L_max normaliser, no reference, constant lr), ``dapo`` (ε 0.2/0.28, dual
 clip 10, token-mean, rewards ±1, dynamic sampling, overlong shaping, weight
 decay 0.1). Rewards: ``correct`` (the task's grader), ``surrogate``
 (format + length, no gold answer), ``format`` (format only). Real models use
-lr 1e-6 (METHODS); the CPU sizes use a larger lr.
+lr 1e-6 (docs/methods.md, "GRPO"); the CPU sizes use a larger lr.
 """
 
 import ml_collections

@@ -1,4 +1,4 @@
-r"""KDRL: GRPO + β_t·KD to a frozen teacher on the student's rollouts (§6).
+r"""KDRL: GRPO + β_t·KD to a frozen teacher on the student's rollouts (docs/methods.md, "KDRL").
 
   python -m w2s_jax.main --config=configs/kdrl.py:runlocal --workdir=/tmp/kdrl
   python -m w2s_jax.main --config=configs/kdrl.py:kd=k3,beta=const,mask=response,runlocal \

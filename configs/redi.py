@@ -1,6 +1,6 @@
 r"""REDI stage 2 (reference-free, length-normalised: −s_w + α·s_l), after `sft`.
 
-METHODS §4: α = 0.8, lr 1e-6 at LLM scale (α = 1 needs lr <= 2e-7), one
+docs/methods.md, "REDI, DPO, SimPO": α = 0.8, lr 1e-6 at LLM scale (α = 1 needs lr <= 2e-7), one
 epoch over (correct, incorrect) pairs of the same problem; start from the
 stage-1 SFT export.
 

@@ -3,7 +3,7 @@ r"""Teacher traces (W2SR) or RSD traces, graded and filtered, as JSONL.
   # k=4 traces per problem from a (weak) teacher, all kept (W2SR data):
   python -m w2s_jax.main --config=configs/sample.py:teacher=/tmp/weak/export,tokenizer=/tmp/weak/tokenizer \
       --workdir=/tmp/traces
-  # RSD traces: the teacher proposes, the student accepts (METHODS §3):
+  # RSD traces: the teacher proposes, the student accepts (docs/methods.md, "RSD"):
   python -m w2s_jax.main --config=configs/sample.py:rsd,teacher=/tmp/big/export,student=/tmp/small/export,tokenizer=/tmp/small/tokenizer \
       --workdir=/tmp/rsd_traces
   # Also write (correct, incorrect) pairs for REDI/DPO/SimPO: add `pairs`.

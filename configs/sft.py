@@ -9,7 +9,7 @@ SFT on RSD traces, or gold traces of the synthetic task.
   # A real student (TPU/GPU): --config.student.hf_path=/ckpt/Qwen2.5-7B \
   #   --config.data.tokenizer=/ckpt/Qwen2.5-7B --config.data.prompt_format=chat
 
-Defaults follow METHODS §2 where they are scale-free (warmup 0.1, cosine).
+Defaults follow docs/methods.md, "W2SR" where they are scale-free (warmup 0.1, cosine).
 """
 
 from w2s_jax import config_lib

@@ -1,4 +1,4 @@
-r"""SimPO: −log σ(β(s_w − s_l) − γ), reference-free (METHODS §4 baseline;
+r"""SimPO: −log σ(β(s_w − s_l) − γ), reference-free (docs/methods.md, "REDI, DPO, SimPO" baseline;
 β 2, γ 1, lr 5e-7 at LLM scale).
 
   python -m w2s_jax.main --config=configs/simpo.py:pairs=/tmp/p/pairs.jsonl \

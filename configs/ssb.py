@@ -1,4 +1,4 @@
-r"""SSB: semantic soft bootstrapping (METHODS §8), two stages.
+r"""SSB: semantic soft bootstrapping (docs/methods.md, "SSB"), two stages.
 
 Stage 1, ``data`` (job ``ssb_data``): the frozen base model does K rollouts
 per problem, problems with >= 1 right and >= 1 wrong rollout get a hinted
@@ -19,7 +19,7 @@ loss λ_KD·T²·KL(p_T || q_T) + λ_CE·CE on the reply rows, T = 2.
   #   --config.data.tokenizer=/ckpt/Qwen2.5-3B-Instruct
 
 The top-k + tail cache replaces the paper's full-vocabulary fp32 logits (a
-documented deviation, METHODS §8); cache.k = V recovers them.
+documented deviation, docs/methods.md, "SSB"); cache.k = V recovers them.
 """
 
 from w2s_jax import config_lib

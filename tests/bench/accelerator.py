@@ -50,7 +50,7 @@ from flax import nnx  # noqa: E402
 from w2s_jax import methods  # noqa: E402
 from w2s_jax.decoding import generation  # noqa: E402
 from w2s_jax.models import attention as attention_lib  # noqa: E402
-from w2s_jax.models import config as config_lib  # noqa: E402
+from w2s_jax.models import config as model_config  # noqa: E402
 from w2s_jax.models import hf_io, transformer  # noqa: E402
 from w2s_jax.training import optim, steps  # noqa: E402
 
@@ -99,7 +99,7 @@ TINY = dict(
 
 def _cfg(preset, tiny, **kw):
   over = dict(_TINY_MODEL, max_len=256) if tiny else {}
-  return config_lib.get_config(preset, **{**over, **kw})
+  return model_config.get_config(preset, **{**over, **kw})
 
 
 def _median(fn, repeats):
@@ -173,7 +173,7 @@ def parity(sz, tmp):
   """fp32 logits vs transformers, default precision and 'default' matmuls."""
   import torch  # noqa: PLC0415
 
-  cfg = config_lib.get_config("tiny-qwen2")
+  cfg = model_config.get_config("tiny-qwen2")
   model = transformer.init_model(cfg, seed=0)
   hf = _hf_from(model, tmp, "parity", "float32")
   tokens = np.random.RandomState(0).randint(0, 256, (2, sz["parity_len"]))

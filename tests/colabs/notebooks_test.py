@@ -129,14 +129,16 @@ def test_losses_explorer(tmp_path):
   p, q = np.asarray(s["p"], np.float64), np.asarray(s["q"], np.float64)
   beta, alpha = s["beta"], s["alpha"]
   m = beta * p + (1 - beta) * q
-  want = {  # METHODS §0.1, float64, independent of the notebook
-      "fkl": _kl(p, q),
-      "rkl": _kl(q, p),
-      "jsd": beta * _kl(p, m) + (1 - beta) * _kl(q, m),
-      "skl": _kl(p, alpha * p + (1 - alpha) * q),
-      "srkl": _kl(q, (1 - alpha) * p + alpha * q),
-      "tvd": 0.5 * float(np.abs(p - q).sum()),
-  }
+  want = (
+      {  # docs/methods.md, "Divergences", float64, independent of the notebook
+          "fkl": _kl(p, q),
+          "rkl": _kl(q, p),
+          "jsd": beta * _kl(p, m) + (1 - beta) * _kl(q, m),
+          "skl": _kl(p, alpha * p + (1 - alpha) * q),
+          "srkl": _kl(q, (1 - alpha) * p + alpha * q),
+          "tvd": 0.5 * float(np.abs(p - q).sum()),
+      }
+  )
   assert set(s["divergences"]) == set(want)
   for name, value in want.items():
     np.testing.assert_allclose(s["divergences"][name], value, rtol=1e-5)
@@ -158,7 +160,7 @@ def test_losses_explorer(tmp_path):
     e = s["estimators"][est]
     assert abs(e["mean"] - rkl) < 5 * e["std"] / np.sqrt(n), (est, e)
   assert s["estimators"]["k3"]["std"] < s["estimators"]["k1"]["std"]
-  # Expected gradients: k1 -> 0, k2 -> grad RKL, k3 -> grad FKL (§0.2).
+  # Expected gradients: k1 -> 0, k2 -> grad RKL, k3 -> grad FKL (docs/methods.md, "Sampled-token estimators").
   assert max(s["estimator_grad_err"].values()) < 1e-6, s["estimator_grad_err"]
 
 

@@ -20,7 +20,7 @@ NEG = -1e9  # a logit whose probability is exactly 0 in fp32 and fp64
 
 
 # ----------------------------------------------------------------------------
-# A float64 reference of the rule, written from METHODS §3.
+# A float64 reference of the rule, written from docs/methods.md, "RSD"
 # ----------------------------------------------------------------------------
 
 

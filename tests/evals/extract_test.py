@@ -1,4 +1,4 @@
-"""Tests for w2s_jax.evals.extract (METHODS §11 extraction rules)."""
+"""Tests for w2s_jax.evals.extract (docs/methods.md, "Grading" extraction rules)."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Tests for w2s_jax.evals.rewards (METHODS §10, §11)."""
+"""Tests for w2s_jax.evals.rewards (docs/methods.md, "Surrogate rewards" / "Grading")."""
 
 import operator
 import time
@@ -16,7 +16,7 @@ def verifier():
 
 
 def _r_len_reference(x, p):
-  """Independent float64 R_l(x) from the METHODS §10 formula."""
+  """Independent float64 R_l(x) from the docs/methods.md, "Surrogate rewards" formula."""
   if x <= p:
     return 1.0 - (1.0 - x / p) ** 2
   return 1.0 - 2.0 * ((x - p) / (1.0 - p)) ** 2

@@ -10,7 +10,7 @@ from w2s_jax.losses import aggregation
 
 
 def _ref_aggregate(loss, mask, mode, max_len=None):
-  """float64 reference, written from the METHODS §0.3 table."""
+  """float64 reference, written from the docs/methods.md, "Aggregation" table."""
   loss = np.asarray(loss, np.float64)
   m = np.asarray(mask, np.float64)
   rows = m.sum(-1) > 0

@@ -1,4 +1,4 @@
-"""Tests of w2s_jax.losses.policy_gradient (METHODS §0.2, §5, §6, §9)."""
+"""Tests of w2s_jax.losses.policy_gradient (docs/methods.md, "Sampled-token estimators" / "GRPO" / "KDRL" / "AMPO")."""
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,7 @@ def _batch(seed=0, b=4, length=6):
 
 
 def _weights(mask, mode, max_len=None):
-  """float64 per-token aggregation weights, from the METHODS §0.3 table."""
+  """float64 per-token aggregation weights, from the docs/methods.md, "Aggregation" table."""
   m = mask.astype(np.float64)
   rows = m.sum(-1) > 0
   if mode == "token-mean":
@@ -71,7 +71,7 @@ def test_estimator_expected_gradient_on_one_categorical(estimator, target):
     "estimator,target", [("k1", "rkl"), ("k2", "rkl"), ("k3", "fkl")]
 )
 def test_kdrl_token_loss_expected_gradient(estimator, target):
-  """KDRL: k1 as a reward and k2 give ∇RKL; k3 gives ∇FKL (METHODS §0.2)."""
+  """KDRL: k1 as a reward and k2 give ∇RKL; k3 gives ∇FKL (docs/methods.md, "Sampled-token estimators")."""
   rng = np.random.default_rng(2)
   # Moderate logits keep k3 below its ±10 clamp, where it would be biased.
   z = (rng.normal(size=7) * 0.5).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Tests of w2s_jax.losses.rewards_shaping (METHODS §5, §9)."""
+"""Tests of w2s_jax.losses.rewards_shaping (docs/methods.md, "GRPO" / "AMPO")."""
 
 import jax
 import numpy as np

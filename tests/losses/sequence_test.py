@@ -1,4 +1,4 @@
-"""Tests of w2s_jax.losses.sequence: SFT, REDI, DPO, SimPO (METHODS §1, §4)."""
+"""Tests of w2s_jax.losses.sequence: SFT, REDI, DPO, SimPO (docs/methods.md, "SFT" / "REDI, DPO, SimPO")."""
 
 import jax
 import jax.numpy as jnp

@@ -3,7 +3,7 @@
 import pytest
 
 from w2s_jax import models
-from w2s_jax.models import config
+from w2s_jax.models import config as model_config
 
 # Parameter counts published on the model cards (total, in billions).
 PUBLISHED = {
@@ -60,9 +60,9 @@ def test_invalid_config(kw, msg):
 def test_config_lib_model_keys_agree_and_are_validated():
   from w2s_jax import config_lib  # pylint: disable=g-import-not-at-top
 
-  assert set(config_lib._REMAT) == {"", *config.REMAT_POLICIES}
-  assert set(config_lib._ATTENTION) == {"", *config.ATTENTION_BACKENDS}
-  assert set(config_lib._PRECISION) == set(config.MATMUL_PRECISIONS)
+  assert set(config_lib._REMAT) == {"", *model_config.REMAT_POLICIES}
+  assert set(config_lib._ATTENTION) == {"", *model_config.ATTENTION_BACKENDS}
+  assert set(config_lib._PRECISION) == set(model_config.MATMUL_PRECISIONS)
   base = config_lib.train_config("sft")
   assert base.student.overrides.scan_layers is False
   for key, bad in (

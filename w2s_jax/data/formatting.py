@@ -9,7 +9,7 @@ Two formats turn a question into a prompt:
   user turn (`chat_user`); the completion is the assistant reply and ends with
   the template's end-of-turn token (`<|im_end|>`, `<|eot_id|>`).
 
-Mask convention (METHODS.md section 1): for `tokens = prompt_ids +
+Mask convention (docs/methods.md section 1): for `tokens = prompt_ids +
 completion_ids + padding`, mask = 1 on completion tokens, EOS / end-of-turn
 included (else the model never learns to stop), 0 on prompt and padding.
 

@@ -9,7 +9,7 @@ int32 arrays:
   segment; 0 on padding.
 * ``segment_ids`` [B, L]: 0 on padding, 1.. the example's slot in the row.
 * ``completion_mask`` [B, L]: 1 on completion tokens incl. EOS, i.e. loss
-  targets (METHODS §0: ``mask = completion_mask[:, 1:]``). An example's first
+  targets (docs/methods.md, "Notation": ``mask = completion_mask[:, 1:]``). An example's first
   token is never a target (nothing in its segment predicts it), so packed
   loss never crosses a boundary.
 * ``index`` [B] (unpacked modes): input index of the row's example, -1 on

@@ -1,6 +1,6 @@
 r"""Semantic soft bootstrapping data: selection, hinted prompts, row alignment.
 
-SSB (METHODS §8, arXiv 2512.05105) turns the frozen base model into its own
+SSB (docs/methods.md, "SSB", arXiv 2512.05105) turns the frozen base model into its own
 teacher by showing it hints. Per problem:
 
 1. K rollouts of the base model are graded (``select_hints`` gets them);
@@ -84,7 +84,7 @@ class HintPair:
 def select_hints(
     rollouts: Sequence[Rollout], rng: np.random.Generator
 ) -> HintPair | None:
-  """SSB's selection rule for one problem (METHODS §8 step 2).
+  """SSB's selection rule for one problem (docs/methods.md, "SSB" step 2).
 
   Args:
     rollouts: the K graded rollouts of one problem.
@@ -150,7 +150,7 @@ def align_teacher_rows(
 
   Row t of either sequence predicts token t + 1, so reply token i is
   predicted by teacher row ``p_h − 1 + i`` and by student row
-  ``p_s − 1 + i`` (the rows ``[p − 1, p + r − 1)`` of METHODS §8). Student
+  ``p_s − 1 + i`` (the rows ``[p − 1, p + r − 1)`` of docs/methods.md, "SSB"). Student
   rows outside the reply carry padding entries (ids 0..K-1, log-prob −inf)
   that the loss never reads (they are off the completion mask).
 

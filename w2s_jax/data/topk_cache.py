@@ -1,6 +1,6 @@
 """Teacher top-k cache: offline teacher log-probs in one array_record file.
 
-Offline distillation (METHODS §0.1 "Teacher top-k", §7 offline KD, §8 SSB)
+Offline distillation (docs/methods.md, "Divergences" "Teacher top-k", docs/methods.md, "GKD and offline KD" offline KD, docs/methods.md, "SSB" SSB)
 scores every training sequence with the frozen teacher once and keeps, per
 position, the k most likely next tokens and their log-probs. This module
 stores those in ArrayRecord (random access by index, works without
@@ -21,7 +21,7 @@ framing per array instead of a zip archive per record, and it never needs
 pickle.
 
 Alignment: row t describes the teacher's next-token distribution after
-``token_ids[: t + 1]``, i.e. the same row as ``logits[:, t]`` (METHODS §0), so
+``token_ids[: t + 1]``, i.e. the same row as ``logits[:, t]`` (docs/methods.md, "Notation"), so
 ``topk_logprobs[t]`` scores candidates for ``token_ids[t + 1]``. The
 log-probs are of ``softmax(z_T / temperature)``; engines' log-probs depend on
 the temperature, which is why it is stored and checked.

@@ -4,10 +4,10 @@ Two row schemas, one JSON object per line:
 
 * SFT traces: ``{"prompt": str, "completion": str[, "correct": bool][, ...]}``.
   Used by W2SR (weak-teacher traces), RSD traces and plain SFT. ``correct`` is
-  the grade of the completion (METHODS §11); absent or ``null`` means
+  the grade of the completion (docs/methods.md, "Grading"); absent or ``null`` means
   ungraded.
 * Preference pairs: ``{"prompt": str, "chosen": str, "rejected": str[, ...]}``
-  for REDI / DPO / SimPO (METHODS §4): ``chosen`` is the correct trace y_w,
+  for REDI / DPO / SimPO (docs/methods.md, "REDI, DPO, SimPO"): ``chosen`` is the correct trace y_w,
   ``rejected`` the incorrect one y_l.
 
 Any other keys are kept, untouched, in ``extra`` and written back out, so
@@ -464,7 +464,7 @@ def write_preferences(
 def select_traces(
     records: Iterable[SFTRecord], variant: Literal["w2sr", "w2sr_p"]
 ) -> list[SFTRecord]:
-  """Selects weak-teacher traces for W2SR (METHODS §2).
+  """Selects weak-teacher traces for W2SR (docs/methods.md, "W2SR").
 
   W2SR keeps every trace, correct or not; W2SR-P keeps the correct ones only,
   so W2SR-P ⊆ W2SR.

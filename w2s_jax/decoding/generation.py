@@ -345,7 +345,7 @@ def rsd_generate(
     rules: sharding.Rules = sharding.SAMPLING_RULES,
     bucket: int = 8,
 ) -> RSDGenerateOutput:
-  """Reverse speculative decoding of token-id prompts (METHODS §3).
+  """Reverse speculative decoding of token-id prompts (docs/methods.md, "RSD").
 
   Args:
     teacher: the proposing model.

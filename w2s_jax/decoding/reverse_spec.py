@@ -1,4 +1,4 @@
-"""Reverse speculative decoding (RSD, METHODS §3) as one jitted while_loop.
+"""Reverse speculative decoding (RSD, docs/methods.md, "RSD") as one jitted while_loop.
 
 Legend: B rows (prompts x samples), P prompt length, T new tokens, V shared
 vocab, Kt teacher candidates, Ks student candidates, J proposals per step.
@@ -50,7 +50,7 @@ from w2s_jax import sharding
 from w2s_jax.decoding import rsd_rule
 from w2s_jax.decoding import sampler as sampler_lib
 from w2s_jax.decoding import sampling_params as sp_lib
-from w2s_jax.models import config as config_lib
+from w2s_jax.models import config as model_config
 from w2s_jax.models import kv_cache
 
 RSDParams = rsd_rule.RSDParams
@@ -327,8 +327,8 @@ def make_rsd_sampler(
 
 
 def shared_vocab_size(
-    teacher_cfg: config_lib.TransformerConfig,
-    student_cfg: config_lib.TransformerConfig,
+    teacher_cfg: model_config.TransformerConfig,
+    student_cfg: model_config.TransformerConfig,
     vocab_size: int | None = None,
     teacher_tokenizer: Any = None,
     student_tokenizer: Any = None,

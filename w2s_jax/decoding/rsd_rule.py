@@ -1,4 +1,4 @@
-"""The per-step RSD acceptance rule (METHODS §3) on fixed logits.
+"""The per-step RSD acceptance rule (docs/methods.md, "RSD") on fixed logits.
 
 Legend: B rows, V shared vocab, Kt teacher candidates, Ks student candidates,
 C probed candidates, J proposals per step.

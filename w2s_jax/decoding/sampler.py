@@ -41,7 +41,7 @@ from flax import nnx, struct
 
 from w2s_jax import sharding
 from w2s_jax.decoding import sampling_params as sp_lib
-from w2s_jax.models import config as config_lib
+from w2s_jax.models import config as model_config
 from w2s_jax.models import kv_cache
 
 FINISH_NONE, FINISH_EOS, FINISH_STOP, FINISH_LENGTH = 0, 1, 2, 3
@@ -154,7 +154,7 @@ def _id_tuple(name: str, ids: Any) -> tuple[int, ...]:
 
 
 def check_vocab_size(
-    config: DecodeConfig, cfg: config_lib.TransformerConfig
+    config: DecodeConfig, cfg: model_config.TransformerConfig
 ) -> int:
   """The vocabulary sampled from; checks it against the model and the ids."""
   v = cfg.vocab_size if config.vocab_size is None else int(config.vocab_size)
@@ -471,7 +471,7 @@ def jitted(rules: sharding.Rules | None = None) -> tuple[Callable, Callable]:
 
 
 def check_prompt_shape(
-    cfg: config_lib.TransformerConfig,
+    cfg: model_config.TransformerConfig,
     prompt_len: int,
     max_new_tokens: int,
     max_len: int | None = None,
@@ -493,7 +493,7 @@ def check_prompt_shape(
 
 def make_sampler(
     graphdef: nnx.GraphDef,
-    cfg: config_lib.TransformerConfig,
+    cfg: model_config.TransformerConfig,
     config: DecodeConfig,
     rules: sharding.Rules | None = None,
 ) -> Callable[[nnx.State, jax.Array, jax.Array, jax.Array], SamplerOutput]:

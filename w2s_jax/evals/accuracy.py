@@ -1,6 +1,6 @@
 """Sample-based accuracy metrics: pass@k, maj@k, and Reasoning Gap Recovered.
 
-METHODS §11 and §2. Host-side NumPy (float64); nothing here touches JAX.
+docs/methods.md, "Grading" / "W2SR" Host-side NumPy (float64); nothing here touches JAX.
 
 pass@k (Chen et al., arXiv 2107.03374): with n >= k samples of which c are
 correct, the probability that a uniformly random k-subset holds at least one

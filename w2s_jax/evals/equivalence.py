@@ -1,6 +1,6 @@
 """Answer equivalence: string normalisation, then Math-Verify in workers.
 
-METHODS §11. Two stages:
+docs/methods.md, "Grading" Two stages:
 
 1. **In-process fast path** (:func:`normalize`, :func:`strings_equal`): the
    normalisation rules of the MATH grader family (drop spaces, ``\\left``/
@@ -74,7 +74,7 @@ _MAX_FAST_CHARS = 10_000
 
 
 def normalize(answer: str) -> str:
-  """Canonical string form of a final answer (METHODS §11 rules).
+  """Canonical string form of a final answer (docs/methods.md, "Grading" rules).
 
   Args:
     answer: An extracted answer such as ``"\\dfrac{1}{2}"`` or ``"x = 5"``.
@@ -408,7 +408,7 @@ def is_equiv(
     verifier: Verifier | None = None,
     use_math_verify: bool = True,
 ) -> bool:
-  """True if ``pred`` and ``gold`` are the same answer (METHODS §11).
+  """True if ``pred`` and ``gold`` are the same answer (docs/methods.md, "Grading").
 
   Args:
     pred: Predicted answer (None: no answer, never equal).

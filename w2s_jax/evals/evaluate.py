@@ -7,7 +7,7 @@ per-item rows. ``write_results`` stores both atomically (per-item JSONL +
 summary JSON).
 
 Tasks: ``synthetic`` (the built-in chain task: answer and per-step accuracy),
-``gsm8k`` and ``math`` (extraction + equivalence, METHODS §11).
+``gsm8k`` and ``math`` (extraction + equivalence, docs/methods.md, "Grading").
 """
 
 from __future__ import annotations

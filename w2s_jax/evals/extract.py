@@ -1,6 +1,6 @@
 """Final-answer extraction from completions and reference solutions.
 
-Implements METHODS §11. A completion's answer is found by the first rule that
+Implements docs/methods.md, "Grading" A completion's answer is found by the first rule that
 fires, and the rule is reported so that graders can log how often each one is
 responsible for a score:
 
@@ -18,7 +18,7 @@ responsible for a score:
 GSM8K completions try all three rules in that order; MATH completions use the
 box only, as in the MATH reference grader.
 
-Number pattern. METHODS gives ``-?\\d[\\d,]*(\\.\\d+)?``; that reads the pair
+Number pattern. The grading rule (docs/methods.md, "Grading") gives ``-?\\d[\\d,]*(\\.\\d+)?``; that reads the pair
 ``1,2`` as twelve. Here a comma only joins proper thousands groups
 (``1,234,567``), otherwise the comma separates two numbers.
 

@@ -6,12 +6,12 @@ reward function that raises gives the *wrong* reward and is counted in a
 :class:`RewardStats`; no exception reaches the training loop for a bad
 sample. (Bad *arguments*, e.g. an unknown task, still raise at once.)
 
-* Correctness (METHODS §11). GSM8K: the answer by the first rule of
+* Correctness (docs/methods.md, "Grading"). GSM8K: the answer by the first rule of
   :func:`extract.extract_answer` that fires, compared numerically
   (``|a - b| < 1e-6``, exact rationals) or, with ``strict=True``, as exact
   strings (SSB's grader). MATH: the last box, graded by
   :class:`equivalence.Verifier` (fast path, then Math-Verify in workers).
-* Surrogate format-length reward (METHODS §10, arXiv 2505.19439, code
+* Surrogate format-length reward (docs/methods.md, "Surrogate rewards", arXiv 2505.19439, code
   insightLLM/rl-without-gt), with ``x = L / L_max``::
 
     R_l = 1 - (1 - x/p)^2              0 <= x <= p
@@ -140,7 +140,7 @@ def gsm8k_equal(pred: str | None, gold: str, *, strict: bool = False) -> bool:
   Args:
     pred: Extracted predicted answer; None is wrong.
     gold: Gold answer (see :func:`extract.gsm8k_gold`).
-    strict: Exact string match of the stripped strings (SSB, METHODS §8).
+    strict: Exact string match of the stripped strings (SSB, docs/methods.md, "SSB").
 
   Returns:
     The grade.
@@ -331,7 +331,7 @@ def apply_reward_fn(
 
 
 # ---------------------------------------------------------------------------
-# Format and surrogate length rewards (METHODS §10).
+# Format and surrogate length rewards (docs/methods.md, "Surrogate rewards").
 # ---------------------------------------------------------------------------
 
 
@@ -452,7 +452,7 @@ def length_reward(
 def combine_surrogate(
     format_ok: Any, soft: Any, r_len: Any, variant: Variant = "code"
 ) -> np.ndarray:
-  """The surrogate reward from its parts (METHODS §10).
+  """The surrogate reward from its parts (docs/methods.md, "Surrogate rewards").
 
   Args:
     format_ok: Answer-format indicator, bool array.

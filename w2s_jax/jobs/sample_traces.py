@@ -1,6 +1,6 @@
 """The trace job: k samples per problem, graded, filtered, written as JSONL.
 
-Used for W2SR (weak-teacher traces, METHODS §2), RSD traces (§3) and any
+Used for W2SR (weak-teacher traces, docs/methods.md, "W2SR"), RSD traces (docs/methods.md, "RSD") and any
 "sample, grade, keep" data generation. Three steps, each usable alone:
 
 1. ``sample_traces``: batches of problems through ``generate`` (plain) or
@@ -137,7 +137,7 @@ class Trace:
 
 
 def answer_grader(task: str = "math") -> Grader:
-  """Grades a completion against ``problem['answer']`` (METHODS §11).
+  """Grades a completion against ``problem['answer']`` (docs/methods.md, "Grading").
 
   Extraction by ``evals.extract.extract_answer``, comparison by the
   normalised-string / exact-rational fast path ``strings_equal``.

@@ -1,4 +1,4 @@
-"""Job ``ssb_data``: semantic soft bootstrapping data (METHODS §8).
+"""Job ``ssb_data``: semantic soft bootstrapping data (docs/methods.md, "SSB").
 
 Base-model rollouts, hint selection, hinted replies -> ``ssb.jsonl`` and
 the teacher's top-k rows aligned to the student's reply tokens.
@@ -57,7 +57,7 @@ def _check_ssb_config(s: Any) -> None:
 
 
 def run_ssb_data(config: Any, workdir: str) -> dict[str, float]:
-  """SSB data (METHODS §8): rollouts, hints, hinted replies, teacher rows.
+  """SSB data (docs/methods.md, "SSB"): rollouts, hints, hinted replies, teacher rows.
 
   The teacher is the frozen base model (``config.teacher``), sampled
   through the jitted sampler. Writes ``workdir/ssb.jsonl`` (SFT rows:

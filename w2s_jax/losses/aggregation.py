@@ -1,4 +1,4 @@
-"""Masked aggregation of per-token losses (METHODS §0.3) and input checks.
+"""Masked aggregation of per-token losses (docs/methods.md, "Aggregation") and input checks.
 
 Every loss in `w2s_jax.losses` reduces a per-token loss `loss_BL` with a
 completion mask `mask_BL` through one of four modes:
@@ -176,7 +176,7 @@ def aggregate(
     normalizer: jax.Array | float | None = None,
     max_len: int | None = None,
 ) -> jax.Array:
-  """Reduces a per-token loss to a scalar with a mask (METHODS §0.3).
+  """Reduces a per-token loss to a scalar with a mask (docs/methods.md, "Aggregation").
 
   Masked entries are removed with `where`, so NaN/inf there cannot leak into
   the value.

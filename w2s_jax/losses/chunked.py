@@ -505,7 +505,7 @@ def chunked_cross_entropy(
     dw_blocks: int = DEFAULT_DW_BLOCKS,
     prefix: str = "sft",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Completion-only cross-entropy (SFT, METHODS §1) from hidden states.
+  """Completion-only cross-entropy (SFT, docs/methods.md, "SFT") from hidden states.
 
   Equals `sequence.sft_cross_entropy(h_s @ W_s, targets, mask)`.
 

@@ -1,4 +1,4 @@
-"""Token-level divergences between student and teacher logits (METHODS §0.1).
+"""Token-level divergences between student and teacher logits (docs/methods.md, "Divergences").
 
 p = softmax(z_T/τ) is the teacher (always under stop_gradient), q =
 softmax(z_S/τ) the student; every divergence is per position, summed over V:

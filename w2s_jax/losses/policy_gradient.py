@@ -1,6 +1,6 @@
 """Policy-gradient losses: GRPO/DAPO/Dr.GRPO, AMPO shaping and KDRL.
 
-METHODS §0.2, §5, §6, §9. Inputs are aligned per-token log-probs of the
+docs/methods.md, "Sampled-token estimators" / "GRPO" / "KDRL" / "AMPO" Inputs are aligned per-token log-probs of the
 sampled tokens under the current policy `tok_lp_BL` (differentiated), the
 rollout policy `old_tok_lp_BL`, a reference or teacher, per-sequence (or
 per-token) advantages, and the completion mask.

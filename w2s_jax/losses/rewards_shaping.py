@@ -1,4 +1,4 @@
-"""Reward-side building blocks of the GRPO family (METHODS §5, §9).
+"""Reward-side building blocks of the GRPO family (docs/methods.md, "GRPO" / "AMPO").
 
   group_advantages         A = r − mean_group(r), optionally / (std + eps)
                            (GRPO: std with ddof=1; Dr.GRPO and AMPO: no std)

@@ -1,6 +1,6 @@
 """Sequence objectives: completion-only SFT, REDI, DPO and SimPO.
 
-METHODS §1 (SFT) and §4 (REDI and its preference baselines). Inputs are
+docs/methods.md, "SFT" (SFT) and docs/methods.md, "REDI, DPO, SimPO" (REDI and its preference baselines). Inputs are
 aligned token log-probs `tok_lp_BL = log π(targets_BL | prefix)` (see
 `token_logprobs`) with completion masks that include EOS/end-of-turn and
 exclude prompt and padding. With s = length-normalised and ℓ = summed
@@ -33,7 +33,7 @@ def token_logprobs(
     temperature: float = 1.0,
     vocab_size: int | None = None,
 ) -> jax.Array:
-  """log softmax(logits/τ)[target] in fp32 (METHODS §0 `tok_lp`).
+  """log softmax(logits/τ)[target] in fp32 (docs/methods.md, "Notation" `tok_lp`).
 
   Args:
     logits_BLV: [..., V] logits already aligned with the targets.
@@ -100,7 +100,7 @@ def sft_cross_entropy(
     vocab_size: int | None = None,
     prefix: str = "sft",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Completion-only cross-entropy (METHODS §1).
+  """Completion-only cross-entropy (docs/methods.md, "SFT").
 
   Args:
     logits_BLV: [..., V] aligned logits (logits[:, :-1]).

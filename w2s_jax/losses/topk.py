@@ -1,4 +1,4 @@
-"""Divergences against a cached teacher top-k (METHODS §0.1, teacher top-k).
+"""Divergences against a cached teacher top-k (docs/methods.md, "Divergences", teacher top-k).
 
 An offline teacher cache stores, per position, the ids S of its k most likely
 tokens and their log-probs log p[S], recorded at a teacher temperature τ_rec

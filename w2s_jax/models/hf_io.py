@@ -31,10 +31,10 @@ import safetensors.numpy
 from flax import nnx
 
 from w2s_jax import sharding
-from w2s_jax.models import config as config_lib
+from w2s_jax.models import config as model_config
 from w2s_jax.models import transformer
 
-Config = config_lib.TransformerConfig
+Config = model_config.TransformerConfig
 _HF_ARCH = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
@@ -56,10 +56,10 @@ _NP_DTYPES = {
 def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> Config:
   """Builds a TransformerConfig from a Hugging Face config dict."""
   model_type = hf.get("model_type")
-  if model_type not in config_lib.SUPPORTED_MODEL_TYPES:
+  if model_type not in model_config.SUPPORTED_MODEL_TYPES:
     raise ValueError(
         f"{source}: model_type {model_type!r} is not supported; supported"
-        f" model types: {list(config_lib.SUPPORTED_MODEL_TYPES)}."
+        f" model types: {list(model_config.SUPPORTED_MODEL_TYPES)}."
     )
   try:
     d = int(hf["hidden_size"])
@@ -84,7 +84,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> Config:
   rope_type = scaling.get("rope_type", scaling.get("type", "default"))
   rope_scaling = None
   if rope_type == "llama3":
-    rope_scaling = config_lib.RopeScaling(
+    rope_scaling = model_config.RopeScaling(
         factor=float(scaling["factor"]),
         low_freq_factor=float(scaling["low_freq_factor"]),
         high_freq_factor=float(scaling["high_freq_factor"]),
@@ -383,12 +383,14 @@ def load_pretrained(
   hf = read_config(path)
   cfg = config_from_hf(hf, os.path.join(path, "config.json"))
   if dtype is not None:
-    config_lib.parse_dtype(dtype)
+    model_config.parse_dtype(dtype)
     cfg = cfg.replace(param_dtype=dtype, dtype=compute_dtype or dtype)
   elif compute_dtype is not None:
     cfg = cfg.replace(dtype=compute_dtype)
   cfg = cfg.replace(**config_overrides)
-  np_dtype = _NP_DTYPES[jnp.dtype(config_lib.parse_dtype(cfg.param_dtype)).name]
+  np_dtype = _NP_DTYPES[
+      jnp.dtype(model_config.parse_dtype(cfg.param_dtype)).name
+  ]
 
   abstract = transformer.abstract_model(cfg)
   graphdef, abs_state = nnx.split(abstract)
@@ -493,7 +495,7 @@ def save_pretrained(
   """
   cfg = model.cfg
   dtype = dtype or cfg.param_dtype
-  np_dtype = _NP_DTYPES[jnp.dtype(config_lib.parse_dtype(dtype)).name]
+  np_dtype = _NP_DTYPES[jnp.dtype(model_config.parse_dtype(dtype)).name]
   flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   tensors: dict[str, np.ndarray] = {}
   for nnx_path, key, _, to_hf in _key_map(cfg):

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from w2s_jax import sharding
-from w2s_jax.models import config as config_lib
+from w2s_jax.models import config as model_config
 
 
 @struct.dataclass
@@ -42,14 +42,14 @@ class Cache:
 
 
 def init_cache(
-    cfg: config_lib.TransformerConfig,
+    cfg: model_config.TransformerConfig,
     batch_size: int,
     max_len: int | None = None,
     dtype: str | None = None,
 ) -> Cache:
   """An empty cache for ``batch_size`` rows and ``max_len`` slots."""
   max_len = cfg.max_len if max_len is None else int(max_len)
-  dt = config_lib.parse_dtype(dtype or cfg.dtype)
+  dt = model_config.parse_dtype(dtype or cfg.dtype)
   shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
 
   names = ("batch", "cache_length", "act_kv_heads", None)

@@ -24,10 +24,10 @@ from flax import nnx, struct
 
 from w2s_jax import sharding
 from w2s_jax.models import attention as attention_lib
-from w2s_jax.models import config as config_lib
+from w2s_jax.models import config as model_config
 from w2s_jax.models import dense, kv_cache
 
-Config = config_lib.TransformerConfig
+Config = model_config.TransformerConfig
 _NEG_INF = float(jnp.finfo(jnp.float32).min) / 2
 
 
@@ -94,7 +94,7 @@ class Attention(nnx.Module):
 
   def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    pd = config_lib.parse_dtype(cfg.param_dtype)
+    pd = model_config.parse_dtype(cfg.param_dtype)
     d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     self.q_DNH = _param(
         rngs, _normal, (d, n, h), ("embed", "heads", "head_dim"), pd
@@ -201,7 +201,7 @@ class Mlp(nnx.Module):
   """SwiGLU: down(silu(gate(x)) * up(x))."""
 
   def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
-    pd = config_lib.parse_dtype(cfg.param_dtype)
+    pd = model_config.parse_dtype(cfg.param_dtype)
     d, f = cfg.d_model, cfg.mlp_dim
     self.gate_DF = _param(rngs, _normal, (d, f), ("embed", "mlp"), pd)
     self.up_DF = _param(rngs, _normal, (d, f), ("embed", "mlp"), pd)
@@ -228,7 +228,7 @@ class Block(nnx.Module):
   """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(.))."""
 
   def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
-    pd = config_lib.parse_dtype(cfg.param_dtype)
+    pd = model_config.parse_dtype(cfg.param_dtype)
     self.attn_norm = RMSNorm(
         cfg.d_model, cfg.norm_eps, param_dtype=pd, rngs=rngs
     )
@@ -307,7 +307,7 @@ class Transformer(nnx.Module):
 
   def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    pd = config_lib.parse_dtype(cfg.param_dtype)
+    pd = model_config.parse_dtype(cfg.param_dtype)
     self.embed_VD = _param(
         rngs, _normal, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), pd
     )
@@ -348,7 +348,7 @@ class Transformer(nnx.Module):
         backend instead of against every cache slot.
     """
     cfg = self.cfg
-    dt = config_lib.parse_dtype(cfg.dtype)
+    dt = model_config.parse_dtype(cfg.dtype)
     given_segments = segment_ids_BL is not None
     if segment_ids_BL is None:
       segment_ids_BL = jnp.ones(tokens_BL.shape, jnp.int32)

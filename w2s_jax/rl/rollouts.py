@@ -458,7 +458,7 @@ class Roller:
         lens.reshape(n * r),
     )
     # Comprehension score: the current student's mean probability of the
-    # gold answer tokens given the teacher's reasoning (METHODS §9).
+    # gold answer tokens given the teacher's reasoning (docs/methods.md, "AMPO").
     t0 = time.perf_counter()
     lp = np.asarray(
         mp.fetch(

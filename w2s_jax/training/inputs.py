@@ -277,8 +277,7 @@ class TopKBatches(_IndexBatches):
 
   ``teacher_topk_ids`` / ``teacher_topk_logprobs`` ``[B, L, K]``: entry t is
   the teacher's distribution for the token at t + 1 (the row of
-  ``logits[:, t]``, as in the cache). The tail mass ``1 − Σ_K p`` of METHODS
-  §0.1 is implied by the cached full-vocabulary log-probs; the loss forms
+  ``logits[:, t]``, as in the cache). The tail mass ``1 − Σ_K p`` of docs/methods.md, "Divergences" is implied by the cached full-vocabulary log-probs; the loss forms
   it. Each row's cached tokens must equal the data's tokens (cut to
   ``max_len``) and its prompt length, checked as the row is built.
   """

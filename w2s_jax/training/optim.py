@@ -2,7 +2,7 @@
 
 Gradient accumulation is not an optax wrapper here: the train step sums
 micro-batch losses that were normalised by the *global* token count of the
-optimizer step (METHODS §0.3), which a mean of per-micro-batch means is not.
+optimizer step (docs/methods.md, "Aggregation"), which a mean of per-micro-batch means is not.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ step-global normalisers it needs. ``make_train_step`` turns it into
 ``step(train_state, frozen, batch)`` that scans over M micro-batches
 (``batch[k]`` is ``[M, b, L]``), sums their gradients (each micro-batch loss
 is already divided by the normaliser of the *whole* step, so the sum is the
-exact full-batch loss, METHODS §0.3) and applies one optimizer update. The
+exact full-batch loss, docs/methods.md, "Aggregation") and applies one optimizer update. The
 frozen teacher/reference enter the step as arguments under
 ``stop_gradient``; only the student (or its LoRA adapters) is differentiated
 and donated.
