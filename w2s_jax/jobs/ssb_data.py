@@ -23,19 +23,19 @@ from w2s_jax.training import inputs, trainer
 
 
 def _ssb_rollouts(traces_list, num_problems: int) -> list[list[Any]]:
-  from w2s_jax.data import ssb  # noqa: PLC0415
+  from w2s_jax.data import ssb_hints  # noqa: PLC0415
 
   groups: list[list[Any]] = [[] for _ in range(num_problems)]
   for t in traces_list:
     groups[t.problem_index].append(
-        ssb.Rollout(t.completion, t.answer, bool(t.correct))
+        ssb_hints.Rollout(t.completion, t.answer, bool(t.correct))
     )
   return groups
 
 
 def _check_ssb_config(s: Any) -> None:
   """Fails at job start on settings that cannot produce SSB data."""
-  from w2s_jax.data import ssb  # noqa: PLC0415
+  from w2s_jax.data import ssb_hints  # noqa: PLC0415
 
   checks = [
       ("num_rollouts", int(s.num_rollouts) >= 2, ">= 2 (a right and a wrong)"),
@@ -44,8 +44,8 @@ def _check_ssb_config(s: Any) -> None:
       ("max_new_tokens", int(s.max_new_tokens) > 0, "> 0"),
       (
           "hint_style",
-          str(s.hint_style) in ssb.HINT_STYLES,
-          str(ssb.HINT_STYLES),
+          str(s.hint_style) in ssb_hints.HINT_STYLES,
+          str(ssb_hints.HINT_STYLES),
       ),
   ]
   for key, ok, what in checks:
@@ -64,9 +64,9 @@ def run_ssb_data(config: Any, workdir: str) -> dict[str, float]:
   student prompt, reply, plus the hinted prompt and the hint answers) and
   ``workdir/topk.array_record``: the teacher's top-k at
   ``cache.temperature`` on ``hinted prompt || reply``, aligned to the
-  student's ``prompt || reply`` tokens (``ssb.align_teacher_rows``).
+  student's ``prompt || reply`` tokens (``ssb_hints.align_teacher_rows``).
   """
-  from w2s_jax.data import ssb  # noqa: PLC0415
+  from w2s_jax.data import ssb_hints  # noqa: PLC0415
   from w2s_jax.jobs import sample_traces as trace_job  # noqa: PLC0415
 
   s, c = config.ssb, config.cache
@@ -118,9 +118,9 @@ def run_ssb_data(config: Any, workdir: str) -> dict[str, float]:
   rng = np.random.default_rng(int(config.seed))
   hinted = []
   for prob, group in zip(problems, _ssb_rollouts(rollouts, len(problems))):
-    pair = ssb.select_hints(group, rng)
+    pair = ssb_hints.select_hints(group, rng)
     if pair is not None:
-      text = ssb.hinted_prompt(prob["question"], pair, str(s.hint_style))
+      text = ssb_hints.hinted_prompt(prob["question"], pair, str(s.hint_style))
       hinted.append({**prob, "hinted": text, "pair": pair})
   stats = {
       "problems": float(len(problems)),
@@ -153,7 +153,7 @@ def run_ssb_data(config: Any, workdir: str) -> dict[str, float]:
   system = str(s.get("system", ""))
   records, examples, teacher_seqs, hint_lens = [], [], [], []
   for prob, t in kept:
-    prompt = ssb.student_prompt(prob["question"], system)
+    prompt = ssb_hints.student_prompt(prob["question"], system)
     ex = formatting.build_example(tok, prompt, t.completion, student_fmt)
     hint_ids = formatting.encode_prompt(tok, prob["hinted"], teacher_fmt)
     examples.append(ex)
@@ -183,7 +183,7 @@ def run_ssb_data(config: Any, workdir: str) -> dict[str, float]:
   with topk_cache.TopKCacheWriter(path, header) as writer:
     for ex, p_h, (t_ids, t_lp) in zip(examples, hint_lens, scored):
       p_s, r = len(ex["prompt_ids"]), len(ex["completion_ids"])
-      ids, lps = ssb.align_teacher_rows(t_ids, t_lp, p_h, p_s, r)
+      ids, lps = ssb_hints.align_teacher_rows(t_ids, t_lp, p_h, p_s, r)
       writer.write(
           inputs.example_ids(ex, p_s + r),
           ids,
