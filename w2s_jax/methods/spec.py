@@ -24,9 +24,10 @@ import dataclasses
 import math
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import ml_collections
+if TYPE_CHECKING:
+  import ml_collections
 
 # What one training example of the method is.
 DataKind = Literal["tokens", "pairs", "topk", "prompts"]
@@ -128,6 +129,10 @@ class Hparams:
 
   def to_config(self) -> ml_collections.ConfigDict:
     """A type-safe ConfigDict of these values (the config's ``loss``)."""
+    # Imported here: the specs themselves must load on a GPU image that has
+    # only jax/flax/optax (tests/bench/accelerator.py).
+    import ml_collections  # noqa: PLC0415
+
     return ml_collections.ConfigDict(dataclasses.asdict(self))
 
   def replace(self, **changes: Any) -> Hparams:
