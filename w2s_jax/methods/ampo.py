@@ -48,14 +48,7 @@ class AMPOHparams(scoring.ScoringHparams):
 
   def check(self) -> None:
     super().check()
-    self.require("epsilon_low", 0 <= self.epsilon_low < 1, "in [0, 1)")
-    self.require(
-        "dual_clip", self.dual_clip == 0 or self.dual_clip > 1, "0 (off) or > 1"
-    )
-    self.require(
-        "agg", self.agg in losses.AGG_MODES, f"one of {losses.AGG_MODES}"
-    )
-    self.require("max_len", self.max_len >= 0, ">= 0 (0 = rl.max_new_tokens)")
+    grpo.check_policy_terms(self)
     self.require("entropy_coef", self.entropy_coef >= 0, ">= 0")
     self.require("off_policy_gamma", self.off_policy_gamma > 0, "> 0")
 

@@ -56,21 +56,29 @@ class GRPOHparams(scoring.ScoringHparams):
 
   def check(self) -> None:
     super().check()
-    self.require("epsilon_low", 0 <= self.epsilon_low < 1, "in [0, 1)")
-    self.require("epsilon_high", self.epsilon_high >= 0, ">= 0")
-    self.require(
-        "dual_clip", self.dual_clip == 0 or self.dual_clip > 1, "0 (off) or > 1"
-    )
+    check_policy_terms(self)
     self.require("beta_ref", self.beta_ref >= 0, ">= 0")
     self.require(
         "kl_estimator",
         self.kl_estimator in losses.KL_ESTIMATORS,
         f"one of {losses.KL_ESTIMATORS}",
     )
-    self.require(
-        "agg", self.agg in losses.AGG_MODES, f"one of {losses.AGG_MODES}"
+
+
+def check_policy_terms(hp: Any) -> None:
+  """Bounds of the clipped policy-gradient keys ``hp`` has (ratio clip, dual
+  clip, aggregation, L_max), shared by GRPO, KDRL, AMPO and OPD."""
+  keys = set(hp.keys())
+  if "epsilon_low" in keys:
+    hp.require("epsilon_low", 0 <= hp.epsilon_low < 1, "in [0, 1)")
+  if "epsilon_high" in keys:
+    hp.require("epsilon_high", hp.epsilon_high >= 0, ">= 0")
+  if "dual_clip" in keys:
+    hp.require(
+        "dual_clip", hp.dual_clip == 0 or hp.dual_clip > 1, "0 (off) or > 1"
     )
-    self.require("max_len", self.max_len >= 0, ">= 0 (0 = rl.max_new_tokens)")
+  hp.require("agg", hp.agg in losses.AGG_MODES, f"one of {losses.AGG_MODES}")
+  hp.require("max_len", hp.max_len >= 0, ">= 0 (0 = rl.max_new_tokens)")
 
 
 # The loss part of each variant (the rollout part, e.g. DAPO's dynamic

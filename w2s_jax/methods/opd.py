@@ -63,12 +63,7 @@ class OPDHparams(scoring.ScoringHparams):
     super().check()
     self.require("kl_coef", self.kl_coef > 0, "> 0")
     self.require("task_weight", self.task_weight >= 0, ">= 0 (0 = off)")
-    self.require("epsilon_low", 0 <= self.epsilon_low < 1, "in [0, 1)")
-    self.require("epsilon_high", self.epsilon_high >= 0, ">= 0")
-    self.require(
-        "agg", self.agg in losses.AGG_MODES, f"one of {losses.AGG_MODES}"
-    )
-    self.require("max_len", self.max_len >= 0, ">= 0 (0 = rl.max_new_tokens)")
+    grpo.check_policy_terms(self)
 
 
 def advantages(mb: Batch, hp: OPDHparams) -> jax.Array:

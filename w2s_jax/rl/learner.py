@@ -323,11 +323,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         "setting up the rollouts (rl.reward, rl.reward_fn)",
     )
     host_loop = _Loop(
-        config, roller, update_fn, score_fn, update_frozen, score_frozen,
-        mesh, base_key,
+        config, method, loss_cfg, roller, update_fn, score_fn, update_frozen,
+        score_frozen, mesh, base_key, lambda ts: policy(ts, frozen),
     )  # fmt: skip
-    host_loop.policy = lambda ts: policy(ts, frozen)
-    host_loop.method_spec, host_loop.hp = method, loss_cfg
     run = loop.Run(
         config,
         workdir,
@@ -363,22 +361,22 @@ class _Loop:
   """The RL step callback of ``loop.run`` (``one_step``)."""
 
   def __init__(
-      self, config, roller, update_fn, score_fn, update_frozen, score_frozen,
-      mesh, base_key,
+      self, config, method_spec, hp, roller, update_fn, score_fn,
+      update_frozen, score_frozen, mesh, base_key, policy,
   ):  # fmt: skip
     self.config, self.roller = config, roller
+    # The method's spec and its run-resolved hparams.
+    self.method_spec, self.hp = method_spec, hp
     self.update_fn, self.score_fn = update_fn, score_fn
     self.update_frozen, self.score_frozen = update_frozen, score_frozen
     # The base key is checkpointed with the state; step keys fold the step
     # in, so a resumed run draws exactly the samples of an uninterrupted one.
     self.mesh, self.base_key = mesh, base_key
-    self.method = str(config.method)
-    # The method's spec and its run-resolved hparams (train_and_evaluate).
-    self.method_spec, self.hp = None, None
     self.updates = int(config.rl.updates_per_rollout)
     self.compiled = None
     self._layout = None
-    self.policy = lambda train_state: train_state["params"]
+    # train_state -> the policy's parameters (base + adapters under LoRA).
+    self.policy = policy
 
   def one_step(self, train_state, step: int):
     """Rollouts, scoring and updates of RL step ``step``."""
