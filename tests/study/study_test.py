@@ -268,6 +268,7 @@ EXPECTED_IDS = [
     "grpo_base",
     "w2sr_p",
     "small",
+    "rsd_teacher",
     "rsd_teacher_sft",
     "rsd_sft",
     "redi",
@@ -277,6 +278,7 @@ EXPECTED_IDS = [
     "grpo",
     "kdrl_const",
     "kdrl_anneal",
+    "kd_rkl",
     "gkd_l0",
     "gkd_l1",
 ]
@@ -295,8 +297,13 @@ def test_quick_study_end_to_end_resume_and_determinism(tmp_path, capsys):
 
   workdir = str(tmp_path / "study")
   cfg = config_lib.load(CONFIG + ":quick")
+  # The first run trains the base models in 2 processes; the rebuild below
+  # is serial, so it also checks that both paths write the same bytes.
+  cfg.workers = 2
   main.run_job(cfg, workdir)
   printed = capsys.readouterr().out
+  assert "on 2 processes" in printed
+  cfg.workers = 1
   path = lambda *p: os.path.join(workdir, *p)  # noqa: E731
   first = open(path("results.json"), "rb").read()
   data = json.loads(first)

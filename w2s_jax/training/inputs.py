@@ -69,6 +69,23 @@ def task_config(data: Any) -> synthetic.TaskConfig:
   )
 
 
+def synthetic_styles(data: Any) -> tuple[str, ...]:
+  """``data.style`` as a tuple: ``"terse"``, or a mixture ``"running,postfix"``.
+
+  Each problem is written once per listed style, so a style listed twice
+  gets twice the weight (``"running,running,postfix"``: 2:1).
+  """
+  spec = str(data.get("style", "terse"))
+  styles = tuple(s.strip() for s in spec.split(","))
+  unknown = [s for s in styles if s not in synthetic.STYLES]
+  if unknown:
+    raise ValueError(
+        f"data.style={spec!r}: unknown style(s) {unknown}; give one of"
+        f" {sorted(synthetic.STYLES)} or a comma-separated mixture of them."
+    )
+  return styles
+
+
 def sft_examples(data: Any, tokenizer) -> list[dict[str, np.ndarray]]:
   """(prompt_ids, completion_ids) examples for SFT / distillation."""
   fmt = formatting.get_format(str(data.get("prompt_format", "raw")))
@@ -93,7 +110,7 @@ def sft_examples(data: Any, tokenizer) -> list[dict[str, np.ndarray]]:
         str(data.get("split", "train")),
         int(data.num_examples),
         seed=int(data.get("seed", 0)),
-        styles=(str(data.get("style", "terse")),),
+        styles=synthetic_styles(data),
         facts=facts,
         slip_prob=float(data.get("slip_prob", 0.0)),
         error_seed=int(data.get("error_seed", 0)),
