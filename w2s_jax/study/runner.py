@@ -187,7 +187,9 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     rows.extend(seed_rows)
     outcomes.append(seed_outcomes)
     timings[f"seed{s}"] = seed_timings
-  result = report.write(workdir, rows, outcomes, config=config.to_dict())
+  # How many processes ran it is not part of what was measured.
+  measured = {k: v for k, v in config.to_dict().items() if k != "workers"}
+  result = report.write(workdir, rows, outcomes, config=measured)
   wall = time.time() - start
   report.write_timings(
       workdir, {"wall_seconds": wall, "stage_seconds": timings}
