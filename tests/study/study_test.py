@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from w2s_jax import config_lib, study
-from w2s_jax.study import report
+from w2s_jax.study import report, runner
 from w2s_jax.study import stages as st
 
 CONFIG = os.path.join(
@@ -241,6 +241,13 @@ def test_config_args():
     config_lib.load(CONFIG + ":fast")
 
 
+def test_num_workers():
+  c = config_lib.load(CONFIG + ":seeds=3,workers=2")
+  assert runner.num_workers(c) == 2
+  c.workers = 0  # one per core
+  assert runner.num_workers(c) == max(1, os.cpu_count() or 1)
+
+
 @pytest.mark.parametrize(
     "key,value,match",
     [
@@ -248,6 +255,7 @@ def test_config_args():
         ("arms", "", "arms=''"),
         ("seeds", 0, "seeds=0: must be >= 1"),
         ("grading", "loose", "grading='loose'"),
+        ("workers", -1, "workers=-1: must be >= 0"),
     ],
 )
 def test_run_rejects_bad_arguments(tmp_path, key, value, match):

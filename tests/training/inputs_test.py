@@ -102,3 +102,18 @@ def test_process_rows_layout():
       ValueError, match=r"process_index=2 must be in \[0, process_count=2\)"
   ):
     inputs.process_rows(8, 1, 2, 2)
+
+
+def test_synthetic_style_mixture(tmp_path):
+  """``data.style`` lists styles; each problem is written once per entry."""
+  tok = inputs.load_tokenizer("char", str(tmp_path))
+  assert inputs.synthetic_styles(_data(style="terse")) == ("terse",)
+  mix = _data(style="running, postfix,running", num_examples=8)
+  assert inputs.synthetic_styles(mix) == ("running", "postfix", "running")
+  examples = inputs.sft_examples(mix, tok)
+  assert len(examples) == 3 * 8
+  texts = [tok.decode(list(e["completion_ids"])) for e in examples]
+  postfix = [t for t in texts if " " in t]  # postfix: "A:9 0*=0;0 0+=0#0"
+  assert len(postfix) == 8
+  with pytest.raises(ValueError, match="data.style='terse,tersely'"):
+    inputs.synthetic_styles(_data(style="terse,tersely"))
