@@ -357,3 +357,15 @@ def test_quick_study_end_to_end_resume_and_determinism(tmp_path, capsys):
   cfg.steps.w2sr += 1
   with pytest.raises(st.StaleStageError, match="w2sr_all"):
     main.run_job(cfg, workdir)
+
+
+def test_notes_over_seeds_keep_each_seed_apart():
+  rows = [
+      {"seed": 0, "note": "also the SFT start of (c, d); lr 1e-05 chosen"},
+      {"seed": 1, "note": "also the SFT start of (c, d); lr 3e-05 chosen"},
+  ]
+  assert report._seed_notes(rows) == (
+      "also the SFT start of (c, d); seed 0: lr 1e-05 chosen;"
+      " seed 1: lr 3e-05 chosen"
+  )
+  assert report._seed_notes(rows[:1]) == rows[0]["note"]

@@ -111,6 +111,25 @@ def attach_rgr(
       )
 
 
+def _seed_notes(rows: Sequence[dict[str, Any]]) -> str:
+  """One model's notes over seeds: the parts every seed shares once, then
+  each seed's own parts tagged ``seed <s>:`` (parts are ``; ``-separated)."""
+  parts = [
+      (
+          int(r.get("seed", 0)),
+          [p for p in str(r.get("note", "")).split("; ") if p],
+      )
+      for r in rows
+  ]
+  if len(parts) == 1:
+    return "; ".join(parts[0][1])
+  common = [p for p in parts[0][1] if all(p in ps for _, ps in parts)]
+  out = list(common)
+  for seed, ps in parts:
+    out += [f"seed {seed}: {p}" for p in ps if p not in common]
+  return "; ".join(out)
+
+
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   """Mean and std over seeds of every metric, one entry per model id.
 
@@ -135,9 +154,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         "id": mid,
         "arm": str(group_rows[0]["arm"]),
         "seeds": sorted({int(r.get("seed", 0)) for r in group_rows}),
-        "note": "; ".join(
-            sorted({str(r["note"]) for r in group_rows if r.get("note")})
-        ),
+        "note": _seed_notes(group_rows),
     }
     for m in METRICS:
       vals = [
