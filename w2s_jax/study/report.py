@@ -290,8 +290,9 @@ def plot(
   """One panel per claim: its two models, their CIs, difference, verdict.
 
   One seed: bars with the 95% bootstrap CI over problems. Several seeds:
-  bars at the mean over seeds with each seed's accuracy as a dot (no error
-  bars). A claim that did not run gets an empty panel saying so.
+  bars at the mean over seeds, and each seed's accuracy as a dot with its
+  own 95% bootstrap CI over problems (no error bar over seeds). A claim
+  that did not run gets an empty panel saying so.
   """
   import matplotlib  # noqa: PLC0415
 
@@ -321,9 +322,15 @@ def plot(
       err.append([c[1] - m for m, c in zip(means, cis)])
       ax.bar([0, 1], means, 0.6, yerr=err, capsize=4, color=["C7", "C0"])
     else:
-      ax.bar([0, 1], means, 0.6, color=["C7", "C0"])
-      for i, x in enumerate(accs):
-        ax.plot(np.full(x.size, i), x, "k.", ms=4)
+      ax.bar([0, 1], means, 0.6, color=["C7", "C0"], alpha=0.6)
+      for i, (x, cis) in enumerate(
+          zip(accs, (r["arm_ci_a"], r["arm_ci_b"]), strict=True)
+      ):
+        # Each seed: its accuracy and its 95% bootstrap CI over problems.
+        xs = i + np.linspace(-0.2, 0.2, x.size)
+        lo = [v - c[0] for v, c in zip(x, cis, strict=True)]
+        hi = [c[1] - v for v, c in zip(x, cis, strict=True)]
+        ax.errorbar(xs, x, yerr=[lo, hi], fmt="k.", ms=4, lw=0.8, capsize=2)
     ax.set_xticks([0, 1], [_wrap(s) for s in labels], fontsize=6)
     s = r["signs"]
     ax.set_xlabel(
