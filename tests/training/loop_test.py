@@ -1,7 +1,7 @@
 """The shared stop logic: signals, the NaN stop, exit codes."""
 
-import os
 import signal
+import threading
 
 import pytest
 
@@ -21,6 +21,13 @@ class _Ckpt:
     self.waited += 1
 
 
+def _signal_self(sig):
+  """Sends ``sig`` to this thread (the main one), so Python's handler runs
+  before the call returns. ``os.kill`` may hand it to another thread of the
+  process (JAX's, an executor's), and the handler then runs later."""
+  signal.pthread_kill(threading.get_ident(), sig)
+
+
 @pytest.mark.parametrize(
     "sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)]
 )
@@ -28,7 +35,7 @@ def test_first_signal_is_recorded_and_becomes_stopped(sig, code):
   old = signal.getsignal(sig)
   with loop.StopSignals() as signals:
     loop.stop_if_signalled(signals, 1, _Ckpt(1))  # nothing received: no-op
-    os.kill(os.getpid(), sig)  # a real signal to this process
+    _signal_self(sig)  # a real signal to this process
     assert signals.received == sig
     ckpt = _Ckpt(7)
     with pytest.raises(loop.Stopped) as e:
@@ -44,11 +51,11 @@ def test_first_signal_is_recorded_and_becomes_stopped(sig, code):
 
 def test_second_ctrl_c_aborts_at_once():
   with loop.StopSignals() as signals:
-    os.kill(os.getpid(), signal.SIGINT)
-    os.kill(os.getpid(), signal.SIGTERM)  # a repeated SIGTERM: one stop
+    _signal_self(signal.SIGINT)
+    _signal_self(signal.SIGTERM)  # a repeated SIGTERM: one stop
     assert signals.received == signal.SIGINT
     with pytest.raises(KeyboardInterrupt):
-      os.kill(os.getpid(), signal.SIGINT)
+      _signal_self(signal.SIGINT)
       for _ in range(1000):  # the handler runs between bytecodes
         pass
 
@@ -74,7 +81,7 @@ def test_an_ignored_signal_stays_ignored():
   old = signal.signal(signal.SIGINT, signal.SIG_IGN)
   try:
     with loop.StopSignals() as signals:
-      os.kill(os.getpid(), signal.SIGINT)
+      _signal_self(signal.SIGINT)
       assert signals.received is None
       assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
   finally:
