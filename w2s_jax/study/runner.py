@@ -61,25 +61,14 @@ import time
 from typing import Any
 
 from w2s_jax.study import report
+from w2s_jax.study import stages as st
 from w2s_jax.study.seed import Seed
 
 ARM_GROUPS = ("a", "b", "c", "d")
 
 
 def _compilation_cache(workdir: str) -> None:
-  """A persistent XLA cache in the workdir, unless one is configured.
-
-  Most stages are small, so compiling dominates them; stages with the same
-  architecture and shapes (the SFT arms, the evaluations, a rerun) then
-  reuse each other's executables.
-  """
-  import jax  # noqa: PLC0415
-
-  if not jax.config.jax_compilation_cache_dir:
-    jax.config.update(
-        "jax_compilation_cache_dir", os.path.join(workdir, ".jax_cache")
-    )
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  st.compilation_cache(os.path.join(workdir, ".jax_cache"))
 
 
 def check(config: Any) -> tuple[str, ...]:
@@ -159,13 +148,9 @@ def _run_seeds(config: Any, workdir: str, groups, log):
     return [_one_seed(config, workdir, 0, groups, log, workers)]
   if workers == 1:
     return [_one_seed(config, workdir, s, groups, log) for s in seeds]
-  import concurrent.futures  # noqa: PLC0415
-  import multiprocessing  # noqa: PLC0415
-
   workers = min(workers, len(seeds))
   log(f"{len(seeds)} seeds on {workers} worker processes")
-  ctx = multiprocessing.get_context("spawn")  # no forked JAX state
-  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+  with st.process_pool(workers) as ex:
     futures = [ex.submit(_one_seed, config, workdir, s, groups) for s in seeds]
     return [f.result() for f in futures]
 

@@ -50,7 +50,9 @@ class Seed:
 
   def train(self, name: str, cfg_name: str, **kw) -> str:
     """A training stage; returns its export directory."""
-    cfg = self.train_config(cfg_name, **kw)
+    return self._run_training(name, self.train_config(cfg_name, **kw))
+
+  def _run_training(self, name: str, cfg) -> str:
     self.stages.run(name, lambda d: st.run_job(cfg, d), key=cfg.to_dict())
     return st.export_dir(self.stages.path(name))
 
@@ -103,9 +105,7 @@ class Seed:
 
   def gold(self, name: str) -> str:
     """A base model (a cached stage); returns its export directory."""
-    cfg = self.base_config(name)
-    self.stages.run(name, lambda d: st.run_job(cfg, d), key=cfg.to_dict())
-    return st.export_dir(self.stages.path(name))
+    return self._run_training(name, self.base_config(name))
 
   def pretrain(self, names, workers: int) -> None:
     """Trains the base models ``names`` in ``workers`` processes at once.
@@ -117,17 +117,11 @@ class Seed:
     todo = [n for n in names if not self.stages.done(n)]
     if workers < 2 or len(todo) < 2:
       return
-    import concurrent.futures  # noqa: PLC0415
-    import multiprocessing  # noqa: PLC0415
-
     import jax  # noqa: PLC0415
 
     cache = jax.config.jax_compilation_cache_dir
     self.stages.log(f"training {', '.join(todo)} on {workers} processes")
-    ctx = multiprocessing.get_context("spawn")  # no forked JAX state
-    with concurrent.futures.ProcessPoolExecutor(
-        min(workers, len(todo)), mp_context=ctx
-    ) as ex:
+    with st.process_pool(min(workers, len(todo))) as ex:
       futures = {
           n: ex.submit(
               _build_stage, self.stages.root, n, self.base_config(n), cache
@@ -294,11 +288,7 @@ class Seed:
 
 def _build_stage(root: str, name: str, cfg, cache_dir) -> float:
   """One training stage in a worker process; returns its seconds."""
-  import jax  # noqa: PLC0415
-
-  if cache_dir:
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  st.compilation_cache(cache_dir)
   stages = st.Stages(root, lambda line: print(f"[pretrain] {line}", flush=True))
   stages.run(name, lambda d: st.run_job(cfg, d), key=cfg.to_dict())
   return stages.timings[name]

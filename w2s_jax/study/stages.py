@@ -98,6 +98,29 @@ def _atomic_json(path: str, obj: Any) -> None:
     raise
 
 
+def compilation_cache(cache_dir: str) -> None:
+  """A persistent XLA cache in ``cache_dir``, unless one is configured.
+
+  Most stages are small, so compiling dominates them; stages with the same
+  architecture and shapes (the SFT arms, the evaluations, a rerun, other
+  processes of the same study) then reuse each other's executables.
+  """
+  import jax  # noqa: PLC0415
+
+  if cache_dir and not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def process_pool(workers: int):
+  """A pool of ``workers`` spawned processes (no forked JAX state)."""
+  import concurrent.futures  # noqa: PLC0415
+  import multiprocessing  # noqa: PLC0415
+
+  ctx = multiprocessing.get_context("spawn")
+  return concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx)
+
+
 class StaleStageError(ValueError):
   """A cached stage was built by a different config than the one asked."""
 
