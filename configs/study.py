@@ -100,7 +100,8 @@ def get_config(arg=None):
           rsd_teacher_styles="running,postfix",
       )
   )
-  # (d_model, layers) per role; see w2s_jax/study/runner.py for what each is for.
+  # (d_model, layers) per role; Seed.base_models (w2s_jax/study/seed.py) and
+  # docs/study.md ("The toy world") say what each is for.
   c.models = ml_collections.ConfigDict(
       dict(
           weak=dict(d_model=64, num_layers=2),
