@@ -132,6 +132,16 @@ def test_quick_study_end_to_end_resume_and_determinism(tmp_path, capsys):
   for e in data["rows"]:
     if "pass@1_strict" in e:
       assert e["pass@1"]["mean"] >= e["pass@1_strict"]["mean"]
+  # The per-problem file carries the grades the stage reports, per sample.
+  result = json.load(open(path("seed0", "eval_w2sr", "DONE.json")))
+  items = [
+      json.loads(x)
+      for x in open(path("seed0", "eval_w2sr", "sampled", "items.jsonl"))
+  ]
+  per = lambda k: [sum(map(float, r[k])) / len(r[k]) for r in items]  # noqa: E731
+  assert per("correct_any") == pytest.approx(result["outcomes"])
+  for key, col in (("step_acc", "step_accuracy"), ("format", "format_ok")):
+    assert sum(per(col)) / len(items) == pytest.approx(result[key]), key
   # A rerun resumes: every stage is cached and results.json is unchanged.
   main.run_job(cfg, workdir)
   assert "running ..." not in capsys.readouterr().out

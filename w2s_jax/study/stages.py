@@ -343,6 +343,11 @@ def evaluate_export(
     ``greedy`` (any notation, when asked), and ``outcomes`` /
     ``greedy_outcomes``: per-problem any-notation scores in ``problems``'
     order, for paired comparisons.
+
+  Each ``items.jsonl`` row (``sampled/``, ``greedy/``) keeps the evaluator's
+  ``correct`` and ``answers`` (the asked notation) and adds the study's
+  per-sample grades: ``correct_any``, ``format_ok`` and ``step_accuracy``
+  (replaced: in the best-fitting notation, as ``step_acc``).
   """
   import numpy as np  # noqa: PLC0415
 
@@ -380,15 +385,19 @@ def evaluate_export(
       }
       for k, v in per.items():
         cols[k].append(float(np.mean(v)))
+      # The per-problem file shows the grades the study reports.
+      r["correct_any"] = [bool(x) for x in per["any"]]
+      r["format_ok"] = [bool(x) for x in per["format"]]
+      r["step_accuracy"] = per["step"]
     return cols
 
   _, rows = evaluate.evaluate(
       model, tok, problems, n=n, temperature=temperature, seed=seed, **common
   )
+  cols = graded(rows)
   evaluate.write_results(
       os.path.join(out_dir, "sampled"), evaluate.summarize(rows, [1]), rows
   )
-  cols = graded(rows)
   out: dict[str, Any] = {
       "pass@1": float(np.mean(cols["any"])),
       "pass@1_strict": float(np.mean(cols["strict"])),
@@ -402,10 +411,10 @@ def evaluate_export(
     _, g_rows = evaluate.evaluate(
         model, tok, problems, n=1, temperature=0.0, seed=seed, **common
     )
+    g = graded(g_rows)
     evaluate.write_results(
         os.path.join(out_dir, "greedy"), evaluate.summarize(g_rows, [1]), g_rows
     )
-    g = graded(g_rows)
     out["greedy"] = float(np.mean(g["any"]))
     out["greedy_outcomes"] = g["any"]
   return out
