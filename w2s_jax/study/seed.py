@@ -53,7 +53,7 @@ class Seed:
     return self._run_training(name, self.train_config(cfg_name, **kw))
 
   def _run_training(self, name: str, cfg) -> str:
-    self.stages.run(name, lambda d: st.run_job(cfg, d), key=cfg.to_dict())
+    st.job_stage(self.stages, name, cfg)
     return st.export_dir(self.stages.path(name))
 
   def train_config(self, cfg_name: str, **kw):
@@ -145,7 +145,7 @@ class Seed:
     for k, v in self.task.items():
       cfg.sample[k] = v
     cfg.sample.notation = str(self.c.grading)
-    self.stages.run(name, lambda d: st.run_job(cfg, d), key=cfg.to_dict())
+    st.job_stage(self.stages, name, cfg)
     return os.path.join(self.stages.path(name), "traces.jsonl")
 
   def evaluate(
@@ -290,5 +290,5 @@ def _build_stage(root: str, name: str, cfg, cache_dir) -> float:
   """One training stage in a worker process; returns its seconds."""
   st.compilation_cache(cache_dir)
   stages = st.Stages(root, lambda line: print(f"[pretrain] {line}", flush=True))
-  stages.run(name, lambda d: st.run_job(cfg, d), key=cfg.to_dict())
+  st.job_stage(stages, name, cfg)
   return stages.timings[name]

@@ -228,6 +228,13 @@ def export_dir(stage_dir: str) -> str:
   return path
 
 
+def job_stage(
+    stages: Stages, name: str, cfg: ml_collections.ConfigDict
+) -> dict[str, Any]:
+  """A job (training, sampling) as a cached stage keyed by its config."""
+  return stages.run(name, lambda d: run_job(cfg, d), key=cfg.to_dict())
+
+
 def run_job(cfg: ml_collections.ConfigDict, stage_dir: str) -> dict[str, Any]:
   """``main.run_job``'s dispatch on a locked, validated copy of ``cfg``.
 
