@@ -277,8 +277,9 @@ def test_surrogate_rewards_end_to_end(verifier):
 
 
 def test_answer_format_parse_timeout_and_length_are_format_wrong(verifier):
-  # A 300-term sum parses in seconds, past the 0.5 s deadline.
-  slow = "+".join([r"\frac{1}{x+%d}" % i for i in range(300)])
+  # A 3000-term sum takes ~2.8 s to parse on a quiet 2-core VM, well past the
+  # 0.5 s deadline (300 terms took ~0.5 s: a race with the deadline).
+  slow = "+".join([r"\frac{1}{x+%d}" % i for i in range(3000)])
   with equivalence.Verifier(1, timeout_s=0.5, max_chars=10**5) as v:
     stats = rewards.RewardStats()
     ok = rewards.answer_formats(
