@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from w2s_jax import sharding
-from w2s_jax.decoding import rsd_rule
+from w2s_jax.decoding import rsd_rule, unembedding
 from w2s_jax.decoding import sampler as sampler_lib
 from w2s_jax.decoding import sampling_params as sp_lib
 from w2s_jax.models import config as model_config
@@ -72,7 +72,6 @@ class RSDState:
     s: tokens, student raw log-probs, RSD sampling log-probs, EOS
       bookkeeping and the student's cache.
     teacher_cache: the teacher's KV cache.
-    teacher_unembed_DV: the teacher's ``decode_unembedding`` copy, or None.
     teacher_logprobs_BT: raw teacher log-probs of the emitted tokens.
     from_teacher_BT: provenance (False on fallbacks and padding).
     proposal_BT: accepted proposal index, -1 on fallbacks and padding.
@@ -80,7 +79,6 @@ class RSDState:
 
   s: sampler_lib.SamplingState
   teacher_cache: kv_cache.Cache
-  teacher_unembed_DV: jax.Array | None
   teacher_logprobs_BT: jax.Array
   from_teacher_BT: jax.Array
   proposal_BT: jax.Array
@@ -181,7 +179,6 @@ def rsd_prefill(
       prompt_len_B=prompt_len_B,
       cache=student_cache,
       rng=rng,
-      unembed_DV=sampler_lib.decode_unembedding(student),
       **sampler_lib.init_outputs(rows, dc.max_new_tokens, dc.pad_id),
   )
   shape = (rows, dc.max_new_tokens)
@@ -189,7 +186,6 @@ def rsd_prefill(
   st = RSDState(
       s=s,
       teacher_cache=teacher_cache,
-      teacher_unembed_DV=sampler_lib.decode_unembedding(teacher),
       teacher_logprobs_BT=shard(jnp.zeros(shape, jnp.float32)),
       from_teacher_BT=shard(jnp.zeros(shape, bool)),
       proposal_BT=shard(jnp.full(shape, -1, jnp.int32)),
@@ -203,9 +199,15 @@ def rsd_decode(
     st: RSDState,
     config: RSDConfig,
     vocab_size: int,
+    unembeds_DV: Pair = (None, None),
 ) -> RSDState:
-  """Runs both models in lockstep to the end (traceable, not jitted)."""
+  """Runs both models in lockstep to the end (traceable, not jitted).
+
+  ``unembeds_DV``: (teacher, student) ``unembedding.decode_unembedding``
+  copies of tied tables (CPU), or None to use the models' own weights.
+  """
   teacher, student = map(nnx.merge, graphdefs, states)
+  teacher_DV, student_DV = unembeds_DV
 
   def cond(st: RSDState):
     return (st.s.step < config.decode.max_new_tokens) & ~jnp.all(st.s.done_B)
@@ -216,10 +218,8 @@ def rsd_decode(
     step = lambda m, cache, w_DV: sampler_lib.decode_model(
         m, s.last_token_B, position_B, cache, vocab_size, w_DV
     )
-    zt_BV, teacher_cache = step(
-        teacher, st.teacher_cache, st.teacher_unembed_DV
-    )
-    zs_BV, student_cache = step(student, s.cache, s.unembed_DV)
+    zt_BV, teacher_cache = step(teacher, st.teacher_cache, teacher_DV)
+    zs_BV, student_cache = step(student, s.cache, student_DV)
     st = st.replace(
         s=s.replace(cache=student_cache), teacher_cache=teacher_cache
     )
@@ -261,9 +261,9 @@ def _make_jits(rules):
   # updates the prefill's caches in place rather than copying them into a
   # second pair of cache-sized buffers held for the whole decode.
   @functools.partial(jax.jit, static_argnames=static, donate_argnames=("st",))
-  def decode_jit(graphdefs, states, st, config, vocab_size):
+  def decode_jit(graphdefs, states, st, config, vocab_size, unembeds_DV):
     with sharding.axis_rules(rules):
-      return rsd_decode(graphdefs, states, st, config, vocab_size)
+      return rsd_decode(graphdefs, states, st, config, vocab_size, unembeds_DV)
 
   return prefill_jit, decode_jit
 
@@ -321,7 +321,10 @@ def make_rsd_sampler(
         rng=rng,
         **static,
     )
-    return to_output(decode_jit(states=states, st=st, **static))
+    unembeds_DV = tuple(map(unembedding.decode_unembedding, cfgs, states))
+    return to_output(
+        decode_jit(states=states, st=st, unembeds_DV=unembeds_DV, **static)
+    )
 
   return sample
 

@@ -41,6 +41,7 @@ from flax import nnx, struct
 
 from w2s_jax import sharding
 from w2s_jax.decoding import sampling_params as sp_lib
+from w2s_jax.decoding import unembedding
 from w2s_jax.models import config as model_config
 from w2s_jax.models import kv_cache
 
@@ -69,7 +70,6 @@ class SamplingState:
     finish_B: FINISH_* code (FINISH_NONE while running).
     cache: the KV cache.
     rng: the base PRNG key.
-    unembed_DV: the ``decode_unembedding`` copy, or None.
   """
 
   step: jax.Array
@@ -83,7 +83,6 @@ class SamplingState:
   finish_B: jax.Array
   cache: kv_cache.Cache
   rng: jax.Array
-  unembed_DV: jax.Array | None = None
 
 
 @struct.dataclass
@@ -194,8 +193,8 @@ def unembed(
   """Logits ``[B, V]`` of final hidden states (``Transformer.logits``).
 
   A tied table is contracted as stored, ``[V, D]`` on D, unless a ``[D, V]``
-  copy is given (see ``decode_unembedding``): taking the transpose inside
-  the loop makes XLA:CPU copy the whole matrix every step.
+  copy is given (see ``unembedding.decode_unembedding``): taking the
+  transpose inside the loop makes XLA:CPU copy the whole matrix every step.
   """
   dt = h_BD.dtype
   if unembed_DV is not None:
@@ -206,21 +205,6 @@ def unembed(
   else:
     logits_BV = jnp.einsum("BD,DV->BV", h_BD, model.unembedding_DV().astype(dt))
   return sharding.shard(logits_BV, "batch", "act_vocab")
-
-
-def decode_unembedding(model: Any) -> jax.Array | None:
-  """A ``[D, V]`` copy of a tied table for the decode loop, on CPU only.
-
-  XLA:CPU's matrix-vector product reads a [D, V] matrix about 1.8x faster
-  than the [V, D] table (V = 32k, D = 256, one core), and decoding is one
-  such product per step. Made once per call, as an output of the prefill
-  (so it is materialised in that layout), at the cost of one more copy of
-  the table while decoding. Accelerators use the table as is: None.
-  """
-  if not model.cfg.tie_embeddings or jax.default_backend() != "cpu":
-    return None
-  w_DV = model.embed_VD.get_value().T
-  return sharding.shard(w_DV, "embed", "vocab")
 
 
 def prefill_model(
@@ -391,7 +375,6 @@ def prefill(
       prompt_len_B=prompt_len_B,
       cache=cache,
       rng=rng,
-      unembed_DV=decode_unembedding(model),
       **init_outputs(rows, t, config.pad_id),
   )
   return _draw(s, config, logits_BV)
@@ -402,8 +385,13 @@ def decode(
     state: nnx.State,
     s: SamplingState,
     config: DecodeConfig,
+    unembed_DV: jax.Array | None = None,
 ) -> SamplingState:
-  """Runs the decode ``while_loop`` to the end (traceable, not jitted)."""
+  """Runs the decode ``while_loop`` to the end (traceable, not jitted).
+
+  ``unembed_DV`` is ``unembedding.decode_unembedding``'s copy of a tied
+  table (CPU), or None to unembed with the model's own weights.
+  """
   model = nnx.merge(graphdef, state)
   v = check_vocab_size(config, model.cfg)
 
@@ -413,7 +401,7 @@ def decode(
   def body(s: SamplingState):
     position_B = s.prompt_len_B + s.step - 1  # of last_token_B
     logits_BV, cache = decode_model(
-        model, s.last_token_B, position_B, s.cache, v, s.unembed_DV
+        model, s.last_token_B, position_B, s.cache, v, unembed_DV
     )
     return _draw(s.replace(cache=cache), config, logits_BV)
 
@@ -448,9 +436,9 @@ def _jit_decode(rules):
   @functools.partial(
       jax.jit, static_argnames=("graphdef", "config"), donate_argnames=("s",)
   )
-  def run(graphdef, state, s, config):
+  def run(graphdef, state, s, config, unembed_DV):
     with sharding.axis_rules(rules):
-      return decode(graphdef, state, s, config)
+      return decode(graphdef, state, s, config, unembed_DV)
 
   return run
 
@@ -527,6 +515,7 @@ def make_sampler(
     s = prefill_jit(
         graphdef, state, prompt_tokens_BP, prompt_segment_ids_BP, rng, config
     )
-    return to_output(decode_jit(graphdef, state, s, config))
+    unembed_DV = unembedding.decode_unembedding(cfg, state)
+    return to_output(decode_jit(graphdef, state, s, config, unembed_DV))
 
   return sample
