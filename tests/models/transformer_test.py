@@ -191,6 +191,32 @@ def test_remat_keeps_values_and_grads(remat):
   testing.assert_trees_close(base, other, atol=1e-6, rtol=1e-5)
 
 
+def test_fused_projections_equal_separate_values_and_grads(monkeypatch):
+  # Accelerators fuse q/k/v and gate/up into one matmul each; CPU (this
+  # suite) runs them apart. Forcing each path here keeps both tested.
+  from w2s_jax.models import transformer  # noqa: PLC0415
+
+  cfg = models.get_config("tiny-qwen2", num_heads=4, num_kv_heads=2)
+  assert cfg.qkv_bias
+  tokens = jnp.asarray(_tokens(2, 8, cfg.vocab_size))
+  graphdef, state = nnx.split(models.init_model(cfg, seed=4))
+
+  def loss(state):
+    logits = nnx.merge(graphdef, state)(tokens)
+    return jnp.mean(jax.nn.logsumexp(logits, -1)), logits
+
+  def run(fused):
+    monkeypatch.setattr(transformer, "fuse_projections", lambda: fused)
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
+
+  (l_sep, z_sep), g_sep = run(False)
+  (l_fus, z_fus), g_fus = run(True)
+  assert np.abs(np.asarray(z_sep)).max() > 0.1  # a non-trivial comparison
+  testing.assert_trees_close(
+      (z_sep, g_sep), (z_fus, g_fus), atol=1e-6, rtol=1e-5
+  )
+
+
 @pytest.mark.parametrize("mesh_shape", [(2, 1, 4), (1, 2, 4), (2, 2, 2)])
 def test_sharded_forward_equals_single_device(mesh_shape):
   cfg = models.get_config("tiny-qwen2", num_heads=8, num_kv_heads=4, head_dim=8)
