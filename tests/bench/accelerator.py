@@ -18,7 +18,8 @@ transformers run in the same process on the same weights):
 * ``decode``: greedy decoding, bf16 weights, B 1 and B 64, vs transformers
   ``generate``; MBU = bytes a step must read / step time / peak bandwidth.
   Step time = (t(T) - t(2)) / (T - 2), so prefill and call overhead cancel.
-* ``rsd``: RSD decode step over (teacher step + student step).
+* ``rsd``: RSD decode step over (teacher step + student step), and the
+  top-p nucleus search alone at the student's [B, V], 2 vs 16 ways.
 * ``distill``: distill step (bf16 teacher fused), chunked vs dense loss: time
   and XLA temp memory.
 * ``compile``: seconds to lower and compile the SFT train step from
@@ -48,7 +49,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from w2s_jax import methods  # noqa: E402
-from w2s_jax.decoding import generation  # noqa: E402
+from w2s_jax.decoding import generation, sampling_params  # noqa: E402
 from w2s_jax.models import attention as attention_lib  # noqa: E402
 from w2s_jax.models import config as model_config  # noqa: E402
 from w2s_jax.models import hf_io, transformer  # noqa: E402
@@ -404,11 +405,27 @@ def rsd(sz):
       ),
   }
   st = _step_times(runs, p["new"], sz)
+  # The student's top-p nucleus search (random weights: flat distributions,
+  # so it runs every step): 2 ways (CPU's bisection) vs 16 (accelerators').
+  probs_BV = jax.nn.softmax(
+      jnp.asarray(
+          np.random.RandomState(2).randn(p["b"], student.cfg.vocab_size)
+      )
+      * 0.03,
+      axis=-1,
+  )
+  nucleus_ms = {}
+  for ways in (2, 16):
+    f = jax.jit(lambda x, w=ways: sampling_params.nucleus_keep(x, 0.95, w))
+    run = lambda f=f: jax.block_until_ready(f(probs_BV))
+    nucleus_ms[f"ways_{ways}"] = 1e3 * _median(run, max(3, sz["repeats"]))
   return {
       "shape": p,
       **{f"{k}_step_ms": 1e3 * v for k, v in st.items()},
       "ratio": st["rsd"] / (st["teacher"] + st["student"]),
       "target": 1.10,
+      "nucleus_search_ms": nucleus_ms,
+      "nucleus_ways_default": sampling_params.nucleus_search_ways(),
   }
 
 

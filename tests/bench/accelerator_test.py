@@ -55,6 +55,8 @@ def test_tiny_accelerator_bench_runs_without_the_training_stack():
   for b in ("B1", "B4"):
     assert out["decode"][b]["speedup_vs_transformers"] > 0
   assert out["rsd"]["ratio"] > 0
+  assert set(out["rsd"]["nucleus_search_ms"]) == {"ways_2", "ways_16"}
+  assert out["rsd"]["nucleus_ways_default"] == 2  # CPU bisects
   assert out["distill"]["temp_chunked_over_dense"] > 0
   assert {k.rsplit("_", 1)[1] for k in out["compile"] if "_L" in k} == {
       "scan",

@@ -200,13 +200,15 @@ def _reference_nucleus(p, top_p):
 
 @pytest.mark.parametrize("top_p", [0.3, 0.9, 0.999])
 @pytest.mark.parametrize("ties", [False, True])
-def test_nucleus_bisection_equals_sorted_definition(top_p, ties):
+@pytest.mark.parametrize("ways", [2, 3, 16])
+def test_nucleus_bisection_equals_sorted_definition(top_p, ties, ways):
+  # ways: 2 is CPU's bisection, 16 the accelerators' search (forced here).
   z = np.random.RandomState(5).randn(6, 3000) * 2.0
   if ties:  # coarse logits: large groups of equal probabilities
     z = np.round(z * 2) / 2
   z = jnp.asarray(z, jnp.float32)
   p = jax.nn.softmax(z, axis=-1)
-  keep, mass = jax.jit(sp.nucleus_keep, static_argnums=1)(p, top_p)
+  keep, mass = jax.jit(sp.nucleus_keep, static_argnums=(1, 2))(p, top_p, ways)
   p64 = np.asarray(p, np.float64)
   want = _reference_nucleus(p64, top_p)
   np.testing.assert_array_equal(np.asarray(keep), want)
@@ -217,3 +219,13 @@ def test_nucleus_bisection_equals_sorted_definition(top_p, ties):
         for b in range(6)
     ]
     assert any(cut)
+
+
+def test_nucleus_search_passes_and_bad_ways():
+  # Worst-case passes to shrink the bracket [0, bits(1.0) + 1) to width 1.
+  span = int(np.float32(1.0).view(np.int32)) + 1
+  assert sp._search_passes(2, span) == 30  # 2^29 < span <= 2^30
+  assert sp._search_passes(16, span) == 8  # 16^7 < span <= 16^8
+  assert sp._search_passes(16, 1) == 0
+  with pytest.raises(ValueError, match="ways must be >= 2"):
+    sp.nucleus_keep(jnp.ones((1, 4)) / 4, 0.5, ways=1)
