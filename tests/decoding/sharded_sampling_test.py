@@ -107,3 +107,16 @@ def test_rsd_on_mesh_gives_single_device_tokens(pair, rsd_ref, mesh_shape):
   np.testing.assert_array_equal(out.from_teacher, rsd_ref.from_teacher)
   np.testing.assert_array_equal(out.proposal, rsd_ref.proposal)
   np.testing.assert_allclose(out.logprobs, rsd_ref.logprobs, atol=1e-5)
+
+
+def test_tied_table_copy_on_a_vocab_sharded_mesh(pair):
+  # A tied table decodes through its kept [D, V] copy (decoding/unembedding);
+  # with the vocab on 'tensor' the copy is sharded the same way, transposed.
+  tied = models.init_model(pair[1].cfg.replace(tie_embeddings=True), seed=7)
+  ref = gen.generate(tied, PROMPTS, **SAMPLE_KW)
+  assert len(set(ref.tokens.ravel().tolist())) > 8
+  out = gen.generate(
+      tied, PROMPTS, mesh=sharding.make_mesh((1, 2, 4)), **SAMPLE_KW
+  )
+  np.testing.assert_array_equal(out.tokens, ref.tokens)
+  np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
