@@ -213,6 +213,8 @@ def test_nucleus_bisection_equals_sorted_definition(top_p, ties, ways):
   want = _reference_nucleus(p64, top_p)
   np.testing.assert_array_equal(np.asarray(keep), want)
   np.testing.assert_allclose(mass, (p64 * want).sum(-1), rtol=1e-5)
+  mass_only = jax.jit(sp.nucleus_mass, static_argnums=(1, 2))(p, top_p, ways)
+  np.testing.assert_array_equal(mass_only, mass)  # RSD's path: no membership
   if ties:  # the boundary really cuts through a tie group somewhere
     cut = [
         np.unique(p64[b][want[b]]).min() in set(p64[b][~want[b]])

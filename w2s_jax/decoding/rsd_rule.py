@@ -125,7 +125,7 @@ def _nucleus_mass(x_BV, log_norm_B, probe_vals_BC, top_p):
 
   def bisection_mass():
     probs_BV = jnp.exp(x_BV - log_norm_B[:, None])
-    return sp_lib.nucleus_keep(probs_BV, top_p)[1]
+    return sp_lib.nucleus_mass(probs_BV, top_p)
 
   probs_BC = jnp.exp(probe_vals_BC - log_norm_B[:, None])
   closed = jnp.all(jnp.sum(probs_BC, axis=-1) >= top_p)

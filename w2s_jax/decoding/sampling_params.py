@@ -22,7 +22,7 @@ avoided: with top-k only the k best are extracted; top-p without top-k first
 extracts a small probe (``probe_k`` tokens) and, via ``lax.cond``, only when
 the nucleus of some row is larger than the probe, finds it with
 ``nucleus_keep``: a bisection over the float32 bit patterns of the
-probabilities (31 fused passes over V, about 15x cheaper than the sort), with
+probabilities (30 fused passes over V, about 15x cheaper than the sort), with
 ties at the boundary resolved by id as a sort would. All paths compute the
 same distribution.
 """
@@ -135,7 +135,7 @@ def nucleus_search_ways() -> int:
 
   XLA:CPU evaluates each threshold as one more sequential pass over V (one
   pass: ~90 us at V = 151,936; 16 thresholds in one fused pass: ~790 us), so
-  it bisects (31 passes). An accelerator reads V once per pass whatever the
+  it bisects (30 passes). An accelerator reads V once per pass whatever the
   number of thresholds and pays a kernel per pass, so it splits the range
   16 ways (8 passes).
   """
@@ -150,28 +150,9 @@ def _search_passes(ways: int, span: int) -> int:
   return n
 
 
-def nucleus_keep(
-    probs_BV: jax.Array, top_p: float, ways: int | None = None
-) -> tuple[jax.Array, jax.Array]:
-  """Top-p nucleus of unsorted probabilities, without sorting.
-
-  Non-negative float32 values order like their int32 bit patterns, so the
-  largest probability tau with mass(p >= tau) >= top_p is found exactly by
-  a search over the bits: each pass splits the bracket [lo, hi) into
-  ``ways`` parts and keeps the one where the mass crosses top_p (2 ways:
-  bisection, 31 passes). Tokens above tau are in the nucleus; of the tokens
-  equal to tau, the lowest ids are added while the mass before them is <
-  top_p, which is the sorted-order rule of ``top_p_keep`` with ties broken
-  by id. Every ``ways`` gives the same result.
-
-  Args:
-    probs_BV: normalised probabilities (fp32).
-    top_p: nucleus mass in (0, 1).
-    ways: thresholds per pass + 1 (>= 2); None = ``nucleus_search_ways()``.
-
-  Returns:
-    ``(keep_BV, mass_B)``: membership and the nucleus mass.
-  """
+def _nucleus_search(probs_BV, top_p, ways):
+  """The search of ``nucleus_keep``: (bits, tau's bits, ties kept, ties at
+  tau, nucleus mass), per row."""
   ways = nucleus_search_ways() if ways is None else int(ways)
   if ways < 2:
     raise ValueError(f"ways must be >= 2, got {ways}.")
@@ -202,15 +183,63 @@ def nucleus_keep(
       0, passes, split, (jnp.zeros((b,), jnp.int32), jnp.full((b,), one + 1))
   )
   tau_B = jax.lax.bitcast_convert_type(lo_B, jnp.float32)
-  above_BV = bits_BV > lo_B[:, None]
-  tie_BV = bits_BV == lo_B[:, None]
-  mass_above_B = jnp.sum(jnp.where(above_BV, p_BV, 0), -1)
-  # The i-th tied token (by id) is in iff mass_above + i * tau < top_p.
+  mass_above_B = jnp.sum(jnp.where(bits_BV > lo_B[:, None], p_BV, 0), -1)
+  n_tie_B = jnp.sum(bits_BV == lo_B[:, None], -1)
+  # The i-th token tied at tau (by id) is in iff mass_above + i * tau < top_p.
   need_B = jnp.ceil((top_p - mass_above_B) / jnp.maximum(tau_B, 1e-30))
-  need_B = jnp.maximum(need_B, 1.0)
-  rank_BV = jnp.cumsum(tie_BV, axis=-1) - 1
-  keep_BV = above_BV | (tie_BV & (rank_BV < need_B[:, None]))
-  return keep_BV, jnp.sum(jnp.where(keep_BV, p_BV, 0), -1)
+  need_B = jnp.maximum(need_B, 1.0)  # float: may exceed int32 for tiny tau
+  mass_B = (
+      mass_above_B + jnp.minimum(n_tie_B.astype(jnp.float32), need_B) * tau_B
+  )
+  return bits_BV, lo_B, need_B, n_tie_B, mass_B
+
+
+def nucleus_mass(
+    probs_BV: jax.Array, top_p: float, ways: int | None = None
+) -> jax.Array:
+  """The mass of ``nucleus_keep``'s nucleus, without its membership."""
+  return _nucleus_search(probs_BV, top_p, ways)[-1]
+
+
+def nucleus_keep(
+    probs_BV: jax.Array, top_p: float, ways: int | None = None
+) -> tuple[jax.Array, jax.Array]:
+  """Top-p nucleus of unsorted probabilities, without sorting.
+
+  Non-negative float32 values order like their int32 bit patterns, so the
+  largest probability tau with mass(p >= tau) >= top_p is found exactly by
+  a search over the bits: each pass splits the bracket [lo, hi) into
+  ``ways`` parts and keeps the one where the mass crosses top_p (2 ways:
+  bisection, 30 passes). Tokens above tau are in the nucleus; of the tokens
+  equal to tau, the lowest ids are added while the mass before them is <
+  top_p, which is the sorted-order rule of ``top_p_keep`` with ties broken
+  by id (the rank of each tie, a cumulative sum over V, is computed only
+  when some row has more ties at tau than it keeps). Every ``ways`` gives
+  the same result.
+
+  Args:
+    probs_BV: normalised probabilities (fp32).
+    top_p: nucleus mass in (0, 1).
+    ways: thresholds per pass + 1 (>= 2); None = ``nucleus_search_ways()``.
+
+  Returns:
+    ``(keep_BV, mass_B)``: membership and the nucleus mass.
+  """
+  bits_BV, lo_B, need_B, n_tie_B, mass_B = _nucleus_search(
+      probs_BV, top_p, ways
+  )
+
+  def cut_through_ties():
+    tie_BV = bits_BV == lo_B[:, None]
+    rank_BV = jnp.cumsum(tie_BV, axis=-1) - 1
+    return (bits_BV > lo_B[:, None]) | (tie_BV & (rank_BV < need_B[:, None]))
+
+  keep_BV = jax.lax.cond(
+      jnp.all(n_tie_B.astype(jnp.float32) <= need_B),
+      lambda: bits_BV >= lo_B[:, None],  # every tie at tau is in
+      cut_through_ties,
+  )
+  return keep_BV, mass_B
 
 
 def min_p_keep(logits_BC: jax.Array, max_B: jax.Array, min_p: float):
