@@ -21,6 +21,18 @@ class _Ckpt:
     self.waited += 1
 
 
+@pytest.fixture(autouse=True)
+def _sigint_delivered():
+  """A suite started in the background (`make test &`, nohup) inherits an
+  ignored SIGINT, which StopSignals leaves alone by design; these tests send
+  SIGINT, so they install Python's default handler for their duration."""
+  old = signal.getsignal(signal.SIGINT)
+  if old is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, old)
+
+
 def _signal_self(sig):
   """Sends ``sig`` to this thread (the main one), so Python's handler runs
   before the call returns. ``os.kill`` may hand it to another thread of the

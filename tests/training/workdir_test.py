@@ -20,8 +20,11 @@ ROOT = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )
 
+# The holder handles SIGINT even when the suite was started in the background
+# (`make test &`, nohup), whose children inherit an ignored SIGINT.
 HOLD = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from w2s_jax.training import workdir
     with workdir.WorkdirLock(sys.argv[1]):
       print("locked", flush=True)
